@@ -1,0 +1,1 @@
+"""pyncette: a reliable distributed scheduler for asyncio."""

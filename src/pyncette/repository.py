@@ -1,0 +1,212 @@
+"""The lease interface every storage backend implements.
+
+A backend stores *rows*. A row is identified by ``(group, name)``:
+
+* ``group`` is an opaque string chosen by the core. All static tasks of an app share
+  one group; each dynamic task (or each partition of a partitioned task) is a group
+  of its own holding that task's instances. Backends may rely on a group being the
+  unit of locality (one partition key, one cluster slot) and on every call touching
+  exactly one group.
+* ``name`` is the task name (static tasks) or the instance name (dynamic tasks);
+  1 to 255 characters.
+
+Each row holds:
+
+* ``spec`` -- an opaque JSON document (``None`` for static tasks) stored verbatim;
+* ``scheduled_at`` -- when the next run is due (UTC, microsecond precision);
+* ``lease_duration`` -- how long a claim of this row lasts;
+* ``locked_by`` / ``locked_until`` -- the lease of the current holder, if any.
+
+A row is *claimable* at ``now`` when it is unlocked and ``scheduled_at <= now``, or
+locked with ``locked_until <= now`` (an expired lease). Backends keep an index on
+the time a row becomes claimable (``locked_until`` when locked, ``scheduled_at``
+otherwise) per group, so that claiming costs O(claimed), not O(stored).
+
+The backend makes no decisions: what the next run is, what happens on failure and
+at-most-once versus at-least-once all live in the core. Every method is atomic with
+respect to concurrent callers in this and other processes. All datetimes passed in
+and returned are timezone-aware UTC; backends must keep at least millisecond
+precision and return exactly what they store.
+
+Errors: a backend raises :class:`~pyncette.errors.BackendUnavailableError` (or lets
+its driver's connection errors through) when it cannot reach storage; the core logs,
+backs off and retries. Refusals (stale lease, locked row) are reported through
+return values, never applied.
+"""
+
+from __future__ import annotations
+
+import abc
+import datetime
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import Any
+
+from pyncette.model import ContinuationToken, Lease
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    """A row to create or update with :meth:`Repository.register`."""
+
+    name: str
+    spec: str | None
+    scheduled_at: datetime.datetime
+    lease_duration: datetime.timedelta
+
+
+@dataclass(frozen=True, slots=True)
+class Commit:
+    """The outcome of one execution, applied with :meth:`Repository.commit`."""
+
+    name: str
+    lease: Lease
+    next_at: datetime.datetime | None
+    """The next run; ``None`` deletes the row (a one-off task is done)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A stored row, as returned by claims, reads and listings."""
+
+    name: str
+    spec: str | None
+    scheduled_at: datetime.datetime
+    locked_until: datetime.datetime | None
+    locked_by: Lease | None
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimResult:
+    """The rows one :meth:`Repository.claim` call locked."""
+
+    records: list[Record]
+    """Claimed rows, soonest due first; each carries the new lease and its expiry."""
+    next_due_at: datetime.datetime | None
+    """When the group's next unclaimed row becomes claimable, if the backend knows it
+    cheaply; ``None`` when the group is empty or the backend does not say. The core uses
+    it only to wake up early; correctness never depends on it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One page of :meth:`Repository.list`."""
+
+    records: list[Record]
+    continuation_token: ContinuationToken | None
+
+
+class Repository(abc.ABC):
+    """Abstract storage of task rows, guarded by leases. See the module docstring."""
+
+    @abc.abstractmethod
+    async def claim(
+        self, group: str, *, now: datetime.datetime, limit: int, lease: Lease
+    ) -> ClaimResult:
+        """Lock up to ``limit`` rows of ``group`` that are claimable at ``now``.
+
+        Rows are taken in order of the time they became claimable. Each claimed row is
+        locked with ``locked_by = lease`` and ``locked_until = now + its lease_duration``
+        and returned with that new lease; ``scheduled_at`` is left as it was. Two
+        concurrent claims (here or in another process) never return the same row
+        unless its lease expired in between. ``limit`` is at least 1.
+        """
+
+    @abc.abstractmethod
+    async def commit(
+        self, group: str, commits: Sequence[Commit], *, now: datetime.datetime
+    ) -> list[str]:
+        """Apply finished executions; return the names whose lease was stale.
+
+        For each commit whose row is still locked by ``commit.lease`` (expired or not,
+        as long as nobody claimed it since): set ``scheduled_at = next_at`` and unlock,
+        or delete the row when ``next_at`` is ``None``. A commit whose row is missing or
+        locked by another lease changes nothing and its name is returned. Each commit is
+        atomic; the batch as a whole need not be.
+        """
+
+    @abc.abstractmethod
+    async def extend(
+        self, group: str, name: str, lease: Lease, *, locked_until: datetime.datetime
+    ) -> bool:
+        """Move the lease's expiry to ``locked_until`` (a heartbeat).
+
+        Returns ``False``, changing nothing, if the row is missing or not locked by
+        ``lease``.
+        """
+
+    @abc.abstractmethod
+    async def unlock(self, group: str, name: str, lease: Lease) -> bool:
+        """Release the lease without changing ``scheduled_at`` (retry on the next tick).
+
+        Returns ``False``, changing nothing, if the row is missing or not locked by
+        ``lease``.
+        """
+
+    @abc.abstractmethod
+    async def register(
+        self,
+        group: str,
+        registrations: Sequence[Registration],
+        *,
+        now: datetime.datetime,
+        force: bool,
+    ) -> list[str]:
+        """Create rows, or update existing ones; return the names left untouched.
+
+        A missing row is created unlocked. An existing row gets the new ``spec`` and
+        ``lease_duration`` and ``scheduled_at = min(old, new)``, so re-registering never
+        postpones a run. An existing row whose lease is live (``locked_until > now``) is
+        left untouched and its name returned, unless ``force`` is true: then its lease
+        is cleared as part of the update, and the holder's later commit or heartbeat is
+        refused. Each row is updated atomically.
+        """
+
+    @abc.abstractmethod
+    async def unregister(self, group: str, name: str) -> bool:
+        """Delete the row; return whether it existed. A live lease does not prevent it."""
+
+    @abc.abstractmethod
+    async def get(self, group: str, name: str) -> Record | None:
+        """Return the row, or ``None`` if it does not exist."""
+
+    @abc.abstractmethod
+    async def list(
+        self,
+        group: str,
+        *,
+        limit: int,
+        continuation_token: ContinuationToken | None = None,
+    ) -> Page:
+        """Return up to ``limit`` rows of ``group`` in a stable order, and a token for the
+        rest (``None`` when there are no more). Rows added or removed while paging may or
+        may not appear, but no row present throughout is skipped or repeated."""
+
+
+RepositoryFactory = Callable[..., AbstractAsyncContextManager[Repository]]
+"""Called with the app's backend options (``Pyncette(**options)``); returns an async
+context manager that yields a ready :class:`Repository` and closes it on exit.
+Factories validate their options with :func:`check_options`."""
+
+BACKEND_PREFIXES = ("sqlite_", "postgres_", "mysql_", "redis_", "dynamodb_")
+
+
+def check_options(prefix: str, options: dict[str, Any], known: set[str]) -> None:
+    """Reject options a backend would silently drop.
+
+    Options of *other* backends (``redis_url`` given to SQLite, say) are ignored, so a
+    configuration can name several backends and pick one with ``repository_factory``.
+    A misspelt option of this backend, or one that belongs to no backend at all, is a
+    ``ValueError`` naming it.
+    """
+    unknown = sorted(
+        key
+        for key in options
+        if key not in known and (key.startswith(prefix) or not key.startswith(BACKEND_PREFIXES))
+    )
+    if unknown:
+        raise ValueError(
+            f"Unknown option(s) {', '.join(unknown)}; the {prefix.rstrip('_')} backend takes "
+            f"{', '.join(sorted(known)) or 'no options'}"
+        )

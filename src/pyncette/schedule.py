@@ -1,0 +1,74 @@
+"""Next-run computation for cron and interval schedules, DST-correct."""
+
+from __future__ import annotations
+
+import datetime
+import functools
+
+from croniter import croniter
+from dateutil import tz
+
+UTC = datetime.timezone.utc
+
+
+def parse_timezone(name: str) -> datetime.tzinfo:
+    """Resolve a timezone name the way ``dateutil.tz.gettz`` does; ``ValueError`` if unknown."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"Invalid timezone {name!r}: expected a timezone name")
+    zone = tz.gettz(name)
+    if zone is None:
+        raise ValueError(f"Unknown timezone {name!r}")
+    return zone
+
+
+def validate_cron(expression: str) -> None:
+    """Accept 5 fields, or 6 with seconds last (as croniter reads them)."""
+    if not isinstance(expression, str):
+        raise ValueError(f"Invalid cron schedule {expression!r}: expected a string")
+    fields = expression.split()
+    if len(fields) not in (5, 6):
+        raise ValueError(
+            f"Invalid cron schedule {expression!r}: expected 5 fields, or 6 with seconds last, "
+            f"got {len(fields)}"
+        )
+    try:
+        valid = croniter.is_valid(expression)
+    except Exception:  # croniter raises assorted errors for malformed fields
+        valid = False
+    if not valid:
+        raise ValueError(f"Invalid cron schedule {expression!r}")
+
+
+@functools.lru_cache(maxsize=1024)
+def _cron_iterator_fields(expression: str) -> str:
+    validate_cron(expression)
+    return expression
+
+
+def next_cron(
+    expression: str, zone: datetime.tzinfo | None, after: datetime.datetime
+) -> datetime.datetime:
+    """The first time strictly after ``after`` (aware) that matches ``expression``.
+
+    The expression is matched against wall-clock time in ``zone`` (UTC when ``None``).
+    A wall-clock time skipped by a DST change runs at the first instant after the gap;
+    a wall-clock time that occurs twice runs once, at its first occurrence.
+    """
+    expression = _cron_iterator_fields(expression)
+    zone = zone or UTC
+    local = after.astimezone(zone)
+    wall = local.replace(tzinfo=None, fold=0)
+    it = croniter(expression, wall, ret_type=datetime.datetime)
+    while True:
+        candidate: datetime.datetime = it.get_next(datetime.datetime)
+        aware = candidate.replace(tzinfo=zone, fold=0)
+        if not tz.datetime_exists(aware):
+            aware = tz.resolve_imaginary(aware)
+        result = aware.astimezone(UTC)
+        if result > after:
+            return result
+
+
+def to_utc(value: datetime.datetime) -> datetime.datetime:
+    """Aware datetimes are converted to UTC; naive ones are read as the machine's local time."""
+    return value.astimezone(UTC)

@@ -1,0 +1,250 @@
+"""The lease contract of ``pyncette.repository.Repository``, run on every backend."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+from collections.abc import AsyncIterator
+
+import pytest
+
+from backends import BackendConfig
+from pyncette.model import ContinuationToken, Lease
+from pyncette.repository import Commit, Registration, Repository
+
+pytestmark = pytest.mark.anyio
+
+T0 = datetime.datetime(2030, 1, 1, tzinfo=datetime.timezone.utc)
+S = datetime.timedelta(seconds=1)
+LEASE = datetime.timedelta(seconds=60)
+A, B = Lease("lease-a"), Lease("lease-b")
+
+
+def reg(
+    name: str, at: datetime.datetime, spec: str | None = None, lease: datetime.timedelta = LEASE
+) -> Registration:
+    return Registration(name=name, spec=spec, scheduled_at=at, lease_duration=lease)
+
+
+@pytest.fixture
+async def repo(backend: BackendConfig) -> AsyncIterator[Repository]:
+    async with backend.repository_factory(**backend.options) as repository:
+        yield repository
+
+
+async def test_register_and_get_roundtrip(repo: Repository) -> None:
+    assert await repo.get("g", "a") is None
+    assert await repo.register("g", [reg("a", T0, '{"x": 1}')], now=T0, force=False) == []
+    record = await repo.get("g", "a")
+    assert record is not None
+    assert (record.name, record.spec, record.scheduled_at) == ("a", '{"x": 1}', T0)
+    assert record.locked_by is None and record.locked_until is None
+    assert await repo.get("other", "a") is None
+
+
+async def test_timestamps_keep_microseconds_and_utc(repo: Repository) -> None:
+    at = T0 + datetime.timedelta(microseconds=123456)
+    await repo.register("g", [reg("a", at)], now=T0, force=False)
+    record = await repo.get("g", "a")
+    assert record is not None
+    assert record.scheduled_at == at
+    assert record.scheduled_at.utcoffset() == datetime.timedelta(0)
+
+
+async def test_claim_takes_due_rows_soonest_first_up_to_limit(repo: Repository) -> None:
+    await repo.register(
+        "g",
+        [reg("late", T0 + 3 * S), reg("first", T0 - 2 * S), reg("second", T0 - S), reg("now", T0)],
+        now=T0,
+        force=False,
+    )
+    result = await repo.claim("g", now=T0, limit=2, lease=A)
+    assert [r.name for r in result.records] == ["first", "second"]
+    for record in result.records:
+        assert record.locked_by == A
+        assert record.locked_until == T0 + LEASE
+    assert [r.scheduled_at for r in result.records] == [T0 - 2 * S, T0 - S]
+    rest = await repo.claim("g", now=T0, limit=10, lease=B)
+    assert [r.name for r in rest.records] == ["now"]
+    if rest.next_due_at is not None:
+        assert rest.next_due_at == T0 + 3 * S
+    assert (await repo.claim("g", now=T0, limit=10, lease=B)).records == []
+
+
+async def test_claim_uses_each_rows_lease_duration(repo: Repository) -> None:
+    await repo.register(
+        "g", [reg("short", T0, lease=5 * S), reg("long", T0, lease=LEASE)], now=T0, force=False
+    )
+    result = await repo.claim("g", now=T0, limit=10, lease=A)
+    assert {r.name: r.locked_until for r in result.records} == {
+        "short": T0 + 5 * S,
+        "long": T0 + LEASE,
+    }
+
+
+async def test_locked_rows_are_reclaimable_only_after_expiry(repo: Repository) -> None:
+    await repo.register("g", [reg("a", T0)], now=T0, force=False)
+    assert len((await repo.claim("g", now=T0, limit=1, lease=A)).records) == 1
+    assert (await repo.claim("g", now=T0 + LEASE - S, limit=1, lease=B)).records == []
+    again = await repo.claim("g", now=T0 + LEASE, limit=1, lease=B)
+    assert [r.locked_by for r in again.records] == [B]
+    assert again.records[0].scheduled_at == T0
+    # the first holder's lease is now stale
+    assert await repo.commit("g", [Commit("a", A, T0 + 10 * S)], now=T0 + LEASE) == ["a"]
+    record = await repo.get("g", "a")
+    assert record is not None and record.locked_by == B and record.scheduled_at == T0
+
+
+async def test_commit_moves_schedule_and_unlocks(repo: Repository) -> None:
+    await repo.register("g", [reg("a", T0), reg("b", T0)], now=T0, force=False)
+    await repo.claim("g", now=T0, limit=10, lease=A)
+    lost = await repo.commit(
+        "g", [Commit("a", A, T0 + 10 * S), Commit("b", A, None), Commit("zzz", A, None)], now=T0
+    )
+    assert lost == ["zzz"]
+    record = await repo.get("g", "a")
+    assert record is not None
+    assert (record.scheduled_at, record.locked_by, record.locked_until) == (T0 + 10 * S, None, None)
+    assert await repo.get("g", "b") is None
+    assert (await repo.claim("g", now=T0 + 9 * S, limit=10, lease=B)).records == []
+    assert [
+        r.name for r in (await repo.claim("g", now=T0 + 10 * S, limit=10, lease=B)).records
+    ] == ["a"]
+
+
+async def test_commit_with_wrong_lease_changes_nothing(repo: Repository) -> None:
+    await repo.register("g", [reg("a", T0)], now=T0, force=False)
+    await repo.claim("g", now=T0, limit=1, lease=A)
+    assert await repo.commit("g", [Commit("a", B, None)], now=T0) == ["a"]
+    record = await repo.get("g", "a")
+    assert record is not None and record.locked_by == A
+    # an unlocked row refuses commits too
+    await repo.unlock("g", "a", A)
+    assert await repo.commit("g", [Commit("a", A, T0 + S)], now=T0) == ["a"]
+
+
+async def test_commit_with_expired_but_unclaimed_lease_is_accepted(repo: Repository) -> None:
+    await repo.register("g", [reg("a", T0)], now=T0, force=False)
+    await repo.claim("g", now=T0, limit=1, lease=A)
+    assert await repo.commit("g", [Commit("a", A, T0 + 100 * S)], now=T0 + 2 * LEASE) == []
+
+
+async def test_extend_and_unlock_are_guarded(repo: Repository) -> None:
+    await repo.register("g", [reg("a", T0)], now=T0, force=False)
+    await repo.claim("g", now=T0, limit=1, lease=A)
+    assert await repo.extend("g", "a", B, locked_until=T0 + 2 * LEASE) is False
+    assert await repo.extend("g", "a", A, locked_until=T0 + 2 * LEASE) is True
+    assert (await repo.claim("g", now=T0 + LEASE, limit=1, lease=B)).records == []
+    record = await repo.get("g", "a")
+    assert record is not None and record.locked_until == T0 + 2 * LEASE
+    assert await repo.unlock("g", "a", B) is False
+    assert await repo.unlock("g", "a", A) is True
+    record = await repo.get("g", "a")
+    assert record is not None
+    assert (record.scheduled_at, record.locked_by, record.locked_until) == (T0, None, None)
+    assert [r.name for r in (await repo.claim("g", now=T0, limit=1, lease=B)).records] == ["a"]
+    assert await repo.extend("g", "missing", A, locked_until=T0) is False
+    assert await repo.unlock("g", "missing", A) is False
+
+
+async def test_register_keeps_the_sooner_run_and_replaces_spec(repo: Repository) -> None:
+    await repo.register("g", [reg("a", T0 + 10 * S, '{"v": 1}')], now=T0, force=False)
+    await repo.register("g", [reg("a", T0 + 20 * S, '{"v": 2}', lease=5 * S)], now=T0, force=False)
+    record = await repo.get("g", "a")
+    assert record is not None and (record.scheduled_at, record.spec) == (T0 + 10 * S, '{"v": 2}')
+    await repo.register("g", [reg("a", T0 + 5 * S, '{"v": 3}')], now=T0, force=False)
+    record = await repo.get("g", "a")
+    assert record is not None and (record.scheduled_at, record.spec) == (T0 + 5 * S, '{"v": 3}')
+    # the new lease duration is what a claim uses
+    await repo.register("g", [reg("a", T0, '{"v": 3}', lease=5 * S)], now=T0, force=False)
+    claimed = await repo.claim("g", now=T0, limit=1, lease=A)
+    assert [r.locked_until for r in claimed.records] == [T0 + 5 * S]
+
+
+async def test_register_on_a_live_lease_is_refused_unless_forced(repo: Repository) -> None:
+    await repo.register("g", [reg("a", T0, '{"v": 1}')], now=T0, force=False)
+    await repo.claim("g", now=T0, limit=1, lease=A)
+    skipped = await repo.register(
+        "g", [reg("a", T0 + S, '{"v": 2}'), reg("b", T0)], now=T0, force=False
+    )
+    assert skipped == ["a"]
+    record = await repo.get("g", "a")
+    assert record is not None and (record.spec, record.locked_by) == ('{"v": 1}', A)
+    assert await repo.get("g", "b") is not None
+    assert await repo.register("g", [reg("a", T0 + S, '{"v": 2}')], now=T0, force=True) == []
+    record = await repo.get("g", "a")
+    assert record is not None and (record.spec, record.locked_by, record.scheduled_at) == (
+        '{"v": 2}',
+        None,
+        T0,
+    )
+    assert await repo.commit("g", [Commit("a", A, T0 + LEASE)], now=T0) == ["a"]
+    # an expired lease does not block registration
+    await repo.claim("g", now=T0, limit=10, lease=B)
+    assert await repo.register("g", [reg("a", T0, '{"v": 4}')], now=T0 + LEASE, force=False) == []
+
+
+async def test_unregister(repo: Repository) -> None:
+    await repo.register("g", [reg("a", T0)], now=T0, force=False)
+    await repo.claim("g", now=T0, limit=1, lease=A)
+    assert await repo.unregister("g", "a") is True
+    assert await repo.unregister("g", "a") is False
+    assert await repo.get("g", "a") is None
+    assert await repo.extend("g", "a", A, locked_until=T0 + LEASE) is False
+    assert await repo.commit("g", [Commit("a", A, T0)], now=T0) == ["a"]
+    assert (await repo.claim("g", now=T0 + 10 * LEASE, limit=1, lease=B)).records == []
+
+
+async def test_list_pages_through_every_row_once(repo: Repository) -> None:
+    names = [f"task-{i:03d}" for i in range(23)]
+    await repo.register("g", [reg(n, T0 + i * S) for i, n in enumerate(names)], now=T0, force=False)
+    await repo.register("other", [reg("x", T0)], now=T0, force=False)
+    seen: list[str] = []
+    token: ContinuationToken | None = None
+    pages = 0
+    while True:
+        page = await repo.list("g", limit=5, continuation_token=token)
+        assert len(page.records) <= 5
+        seen.extend(r.name for r in page.records)
+        pages += 1
+        token = page.continuation_token
+        if token is None:
+            break
+        assert pages < 20
+    assert sorted(seen) == names and len(seen) == len(names)
+    assert (await repo.list("empty", limit=5)).records == []
+
+
+async def test_groups_are_isolated(repo: Repository) -> None:
+    await repo.register("g1", [reg("a", T0)], now=T0, force=False)
+    await repo.register("g2", [reg("a", T0 + S)], now=T0, force=False)
+    assert [r.name for r in (await repo.claim("g2", now=T0, limit=10, lease=A)).records] == []
+    assert [r.name for r in (await repo.claim("g1", now=T0, limit=10, lease=A)).records] == ["a"]
+    assert await repo.unregister("g2", "a") is True
+    assert await repo.get("g1", "a") is not None
+
+
+async def test_names_and_specs_with_odd_characters(repo: Repository) -> None:
+    odd = "user:42/{tag} 'quoted' \"double\" ünï ☃ %s ?"
+    spec = '{"text": "it\'s ☃ \\"ok\\""}'
+    await repo.register(odd, [reg(odd, T0, spec)], now=T0, force=False)
+    record = await repo.get(odd, odd)
+    assert record is not None and (record.name, record.spec) == (odd, spec)
+    assert [r.name for r in (await repo.claim(odd, now=T0, limit=1, lease=A)).records] == [odd]
+
+
+@pytest.mark.shared_storage
+async def test_concurrent_claims_never_overlap(backend: BackendConfig) -> None:
+    async with (
+        backend.repository_factory(**backend.options) as one,
+        backend.repository_factory(**backend.options) as two,
+    ):
+        await one.register("g", [reg(f"t{i}", T0) for i in range(60)], now=T0, force=False)
+        results = await asyncio.gather(
+            *(
+                repo.claim("g", now=T0, limit=7, lease=Lease(f"lease-{i}"))
+                for i, repo in enumerate([one, two] * 6)
+            )
+        )
+        claimed = [r.name for result in results for r in result.records]
+        assert len(claimed) == len(set(claimed)) == 60
