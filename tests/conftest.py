@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 
 from backends import BACKENDS, BackendConfig
+from harness import FakeClock
 
 pytest_plugins = ["backend_memory", "backend_sql", "backend_redis", "backend_dynamodb"]
 
@@ -33,3 +34,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def backend(request: pytest.FixtureRequest) -> BackendConfig:
     config: BackendConfig = request.getfixturevalue(f"{request.param}_backend")
     return config
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()

@@ -14,7 +14,7 @@ from pyncette.repository import Commit, Registration, Repository
 
 pytestmark = pytest.mark.anyio
 
-T0 = datetime.datetime(2030, 1, 1, tzinfo=datetime.timezone.utc)
+T0 = datetime.datetime(2030, 1, 1, tzinfo=datetime.UTC)
 S = datetime.timedelta(seconds=1)
 LEASE = datetime.timedelta(seconds=60)
 A, B = Lease("lease-a"), Lease("lease-b")

@@ -21,7 +21,7 @@ class Clock(Protocol):
         """Wait ``seconds``."""
         ...
 
-    async def wait_for(self, awaitable: Awaitable[T], timeout: float) -> T:
+    async def wait_for(self, awaitable: Awaitable[T], timeout: float) -> T:  # noqa: ASYNC109
         """Await ``awaitable``; raise ``TimeoutError`` after ``timeout`` seconds."""
         ...
 
@@ -39,5 +39,5 @@ class DefaultClock:
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
 
-    async def wait_for(self, awaitable: Awaitable[T], timeout: float) -> T:
+    async def wait_for(self, awaitable: Awaitable[T], timeout: float) -> T:  # noqa: ASYNC109
         return await asyncio.wait_for(awaitable, timeout)

@@ -74,7 +74,20 @@ class Context:
     task: Task
     scheduled_at: datetime.datetime
     args: dict[str, Any]
-    heartbeat: Heartbeater
+    _group: str
+    _lease: Lease | None
+
+    async def heartbeat(self) -> None:
+        """Extend this execution's lease by the task's lease duration.
+
+        Raises :class:`~pyncette.errors.LeaseLostException` if another instance took
+        the lease or the task was removed. A no-op for at-most-once executions.
+        """
+        await self.app_context._heartbeat(self)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Declared so that middlewares may set attributes of their own (and type-check).
+        object.__setattr__(self, name, value)
 
     def __getattr__(self, name: str) -> Any:
         # Only reached when normal lookup fails: fall back to fixtures and context items.

@@ -4,21 +4,31 @@ from __future__ import annotations
 
 import datetime
 import functools
+import zoneinfo
 
 from croniter import croniter
 from dateutil import tz
 
-UTC = datetime.timezone.utc
+UTC = datetime.UTC
 
 
+@functools.lru_cache(maxsize=256)
 def parse_timezone(name: str) -> datetime.tzinfo:
-    """Resolve a timezone name the way ``dateutil.tz.gettz`` does; ``ValueError`` if unknown."""
+    """Resolve a timezone: anything ``dateutil.tz.gettz`` accepts; ``ValueError`` if unknown.
+
+    IANA names are served by :mod:`zoneinfo`, whose transitions are exact (dateutil
+    misplaces the autumn change of zones with negative DST such as Europe/Dublin);
+    other forms (``UTC+12``, POSIX TZ strings) by dateutil.
+    """
     if not isinstance(name, str) or not name:
         raise ValueError(f"Invalid timezone {name!r}: expected a timezone name")
     zone = tz.gettz(name)
     if zone is None:
         raise ValueError(f"Unknown timezone {name!r}")
-    return zone
+    try:
+        return zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return zone
 
 
 def validate_cron(expression: str) -> None:
@@ -51,8 +61,9 @@ def next_cron(
     """The first time strictly after ``after`` (aware) that matches ``expression``.
 
     The expression is matched against wall-clock time in ``zone`` (UTC when ``None``).
-    A wall-clock time skipped by a DST change runs at the first instant after the gap;
-    a wall-clock time that occurs twice runs once, at its first occurrence.
+    A wall-clock time skipped by a DST change runs as far after the change as it was
+    after the gap's start (02:30 in a 02:00-03:00 gap runs at 03:30); a wall-clock time
+    that occurs twice runs once, at its first occurrence (``fold=0``, PEP 495).
     """
     expression = _cron_iterator_fields(expression)
     zone = zone or UTC
@@ -61,10 +72,7 @@ def next_cron(
     it = croniter(expression, wall, ret_type=datetime.datetime)
     while True:
         candidate: datetime.datetime = it.get_next(datetime.datetime)
-        aware = candidate.replace(tzinfo=zone, fold=0)
-        if not tz.datetime_exists(aware):
-            aware = tz.resolve_imaginary(aware)
-        result = aware.astimezone(UTC)
+        result = candidate.replace(tzinfo=zone, fold=0).astimezone(UTC)
         if result > after:
             return result
 

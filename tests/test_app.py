@@ -1,0 +1,141 @@
+"""The process-level API: app.main() signals, and the compatibility seams of the default
+clock (patching ``_current_time``, ``asyncio.sleep`` and ``asyncio.wait_for``)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import Awaitable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import pyncette.pyncette
+from harness import T0
+from pyncette import Context, Pyncette
+from pyncette.memory import memory_repository
+from pyncette.utils import with_heartbeat
+
+S = datetime.timedelta(seconds=1)
+
+
+@pytest.mark.anyio
+async def test_default_clock_is_driven_by_patching_the_seams(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A Pyncette 1.x style time machine: time only moves when the scheduler waits."""
+    now = T0
+    real_sleep = asyncio.sleep
+    waits: list[str] = []
+
+    def current_time() -> datetime.datetime:
+        return now
+
+    async def sleep(delay: float, result: Any = None) -> Any:
+        nonlocal now
+        waits.append("sleep")
+        now += datetime.timedelta(seconds=delay)
+        await real_sleep(0)
+        return result
+
+    async def wait_for(awaitable: Awaitable[Any], timeout: float | None) -> Any:
+        nonlocal now
+        waits.append("wait_for")
+        inner = asyncio.ensure_future(awaitable)
+        for _ in range(3):
+            await real_sleep(0)
+        if inner.done():
+            return inner.result()
+        inner.cancel()
+        now += datetime.timedelta(seconds=timeout or 0)
+        raise TimeoutError
+
+    monkeypatch.setattr(pyncette.pyncette, "_current_time", current_time)
+    monkeypatch.setattr(asyncio, "sleep", sleep)
+    monkeypatch.setattr(asyncio, "wait_for", wait_for)
+
+    app = Pyncette(repository_factory=memory_repository)
+    seen: list[datetime.datetime] = []
+    beats: list[datetime.datetime | None] = []
+
+    @app.task(interval=10 * S)
+    async def ticking(context: Context) -> None:
+        seen.append(context.scheduled_at)
+        if len(seen) >= 3:
+            context.app_context.shutdown()
+
+    @app.task(interval=5 * S, lease_duration=4 * S)
+    @with_heartbeat()
+    async def beating(context: Context) -> None:
+        for _ in range(5):  # the background heartbeat also waits through asyncio.sleep
+            await asyncio.sleep(1)
+        state = await context.app_context.get_task(context.task)
+        beats.append(state.locked_until if state else None)
+
+    async with app.create() as ctx:
+        await ctx.run()
+    assert seen == [T0 + 10 * S, T0 + 20 * S, T0 + 30 * S]
+    # claimed at 5 s with a 4 s lease: the heartbeat moved the expiry past 9 s
+    assert beats and beats[0] is not None and beats[0] > T0 + 9 * S
+    assert {"sleep", "wait_for"} <= set(waits)
+
+
+SCRIPT = """
+import asyncio, datetime, sys
+from pyncette import Pyncette, Context
+
+app = Pyncette()
+
+@app.task(interval=datetime.timedelta(seconds=0.05))
+async def work(context: Context) -> None:
+    print("executed", flush=True)
+    if {hang}:
+        await asyncio.sleep(3600)
+
+if __name__ == "__main__":
+    app.main()
+"""
+
+
+def _start(tmp_path: Path, hang: bool) -> subprocess.Popen[str]:
+    script = tmp_path / "app.py"
+    script.write_text(textwrap.dedent(SCRIPT.format(hang=hang)))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(
+        [sys.executable, str(script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    assert process.stdout is not None
+    for line in process.stdout:  # wait for the first execution
+        if line.startswith("executed"):
+            return process
+    raise AssertionError(f"app exited early with {process.wait()}")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_main_first_signal_shuts_down_gracefully(tmp_path: Path, signum: int) -> None:
+    process = _start(tmp_path, hang=False)
+    process.send_signal(signum)
+    output, _ = process.communicate(timeout=20)
+    assert process.returncode == 0, output
+    assert "shutting down" in output
+
+
+def test_main_second_signal_exits_at_once_non_zero(tmp_path: Path) -> None:
+    process = _start(tmp_path, hang=True)
+    process.send_signal(signal.SIGINT)
+    with pytest.raises(subprocess.TimeoutExpired):
+        process.wait(timeout=0.5)  # waiting for the hung execution, as it should
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=20)
+    assert process.returncode not in (0, None), output
+    assert "exiting now" in output

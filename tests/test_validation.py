@@ -1,0 +1,130 @@
+"""Bad definitions fail early with a ValueError that names the problem."""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from pyncette import Context, ExecutionMode, FailureMode, Pyncette, PyncetteContext
+from pyncette.memory import memory_repository
+
+S = datetime.timedelta(seconds=1)
+
+
+async def noop(context: Context) -> None: ...
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({}, "one of schedule, interval or execute_at is required"),
+        ({"interval": S, "schedule": "* * * * *"}, "only one of"),
+        ({"schedule": "* * *"}, "5 fields"),
+        ({"schedule": "61 * * * *"}, "Invalid cron"),
+        ({"schedule": "* * * * * * * *"}, "5 fields"),
+        ({"schedule": "* * * * *", "timezone": "Mars/Olympus"}, "Unknown timezone"),
+        ({"interval": S, "timezone": "Europe/Dublin"}, "timezone is only valid"),
+        ({"interval": S, "payload": {1, 2}}, "JSON"),
+        ({"interval": S, "payload": float("nan")}, "JSON"),
+        ({"interval": -S}, "positive"),
+        ({"interval": S, "lease_duration": 0}, "positive"),
+        ({"interval": S, "execution_mode": "sometimes"}, "ExecutionMode"),
+        (
+            {
+                "interval": S,
+                "execution_mode": ExecutionMode.AT_MOST_ONCE,
+                "failure_mode": FailureMode.UNLOCK,
+            },
+            "AT_LEAST_ONCE",
+        ),
+        ({"execute_at": datetime.datetime(2030, 1, 1)}, "only valid for dynamic"),
+        ({"interval": S, "name": "x" * 256}, "longer than"),
+        ({"interval": S, "name": "__static__"}, "reserved"),
+    ],
+)
+def test_bad_task_options(options: dict[str, Any], message: str) -> None:
+    app = Pyncette()
+    with pytest.raises(ValueError, match=message):
+        app.task(**options)(noop)
+
+
+def test_duplicate_names() -> None:
+    app = Pyncette()
+    app.task(interval=S)(noop)
+    with pytest.raises(ValueError, match="Duplicate task name 'noop'"):
+        app.task(interval=2 * S)(noop)
+    with pytest.raises(ValueError, match="Duplicate task name 'noop'"):
+        app.dynamic_task()(noop)
+
+
+def test_partition_options() -> None:
+    app = Pyncette()
+    with pytest.raises(ValueError, match="partition_count must be at least 1"):
+        app.partitioned_task(partition_count=0)(noop)
+    with pytest.raises(ValueError, match=r"outside 0\.\.3"):
+        app.partitioned_task(partition_count=4, enabled_partitions=[4])(noop)
+    with pytest.raises(ValueError, match="not both"):
+        app.partitioned_task(partition_count=4, enabled_partitions=[1], poll_partitions=[1])(noop)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"batch_size": 0}, "batch_size must be at least 1"),
+        ({"batch_size": 1.5}, "batch_size must be an integer"),
+        ({"concurrency_limit": 0}, "concurrency_limit must be at least 1"),
+        ({"poll_interval": datetime.timedelta(0)}, "poll_interval must be positive"),
+    ],
+)
+def test_bad_app_options(options: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Pyncette(**options)
+
+
+@pytest.mark.anyio
+async def test_unknown_backend_option_fails_at_create() -> None:
+    app = Pyncette(repository_factory=memory_repository, typo_option=1)
+    with pytest.raises(ValueError, match="typo_option"):
+        async with app.create():
+            pass
+    # options of other backends are tolerated, so configs can name several
+    app = Pyncette(repository_factory=memory_repository, redis_url="redis://localhost")
+    async with app.create():
+        pass
+
+
+def test_reserved_and_duplicate_context_names() -> None:
+    app = Pyncette()
+
+    async def fixture(app_context: PyncetteContext) -> AsyncIterator[int]:
+        yield 1
+
+    for reserved in ("task", "args", "heartbeat", "scheduled_at", "app_context", "_private"):
+        with pytest.raises(ValueError, match="reserved"):
+            app.use_fixture(reserved, fixture)
+    app.use_fixture("db", fixture)
+    with pytest.raises(ValueError, match="Duplicate fixture name 'db'"):
+        app.use_fixture("db", fixture)
+    with pytest.raises(ValueError, match="identifier"):
+        app.use_fixture("not valid", fixture)
+
+
+@pytest.mark.anyio
+async def test_add_to_context_validates_names() -> None:
+    app = Pyncette(repository_factory=memory_repository)
+    async with app.create(context_items={"config": {"a": 1}}) as ctx:
+        assert ctx.config == {"a": 1}
+        with pytest.raises(ValueError, match="Duplicate context name 'config'"):
+            ctx.add_to_context("config", 2)
+        with pytest.raises(ValueError, match="reserved"):
+            ctx.add_to_context("task", 2)
+
+
+def test_with_heartbeat_ratio_is_validated() -> None:
+    from pyncette.utils import with_heartbeat
+
+    with pytest.raises(ValueError, match="lease_remaining_ratio"):
+        with_heartbeat(lease_remaining_ratio=1.5)
