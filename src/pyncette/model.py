@@ -85,9 +85,9 @@ class Context:
         """
         await self.app_context._heartbeat(self)
 
-    def __setattr__(self, name: str, value: Any) -> None:
-        # Declared so that middlewares may set attributes of their own (and type-check).
-        object.__setattr__(self, name, value)
+    if TYPE_CHECKING:  # middlewares may set attributes of their own; this lets them type-check
+
+        def __setattr__(self, name: str, value: Any) -> None: ...
 
     def __getattr__(self, name: str) -> Any:
         # Only reached when normal lookup fails: fall back to fixtures and context items.

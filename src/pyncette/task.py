@@ -16,6 +16,7 @@ STATIC_GROUP = "__static__"
 """The repository group holding every static task of an app (a reserved task name)."""
 
 MAX_NAME_LENGTH = 255
+_PROTOTYPE_CACHE_SIZE = 1024
 
 _SCHEDULE_KINDS = ("schedule", "interval", "execute_at")
 _OPTION_NAMES = frozenset(
@@ -283,7 +284,24 @@ class Task:
         return json.dumps(encoded, sort_keys=True, allow_nan=False)
 
     def from_spec(self, instance_name: str, spec: str) -> Task:
-        """Rebuild an instance of this template from its stored spec."""
+        """Rebuild an instance of this template from its stored spec.
+
+        Instances sharing a spec (the usual case for queues of one-off tasks) are parsed
+        and validated once; later ones are shallow copies with their own name.
+        """
+        prototypes = self.__dict__.setdefault("_prototypes", {})
+        prototype = prototypes.get(spec)
+        if prototype is None:
+            prototype = self._parse_spec(instance_name, spec)
+            if len(prototypes) >= _PROTOTYPE_CACHE_SIZE:
+                prototypes.clear()
+            prototypes[spec] = prototype
+        instance = object.__new__(Task)
+        instance.__dict__.update(prototype.__dict__)
+        instance.name = instance_name
+        return instance
+
+    def _parse_spec(self, instance_name: str, spec: str) -> Task:
         raw = json.loads(spec)
         overrides: dict[str, Any] = {}
         for key, value in raw.items():
