@@ -1,0 +1,208 @@
+"""The Redis implementation of the lease interface."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import json
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from redis import exceptions as rex
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+
+from pyncette.errors import BackendUnavailableError
+from pyncette.model import ContinuationToken, Lease
+from pyncette.redis.keys import group_keys
+from pyncette.redis.scripts import (
+    CLAIM,
+    COMMIT,
+    EXTEND,
+    LIST,
+    REGISTER,
+    UNLOCK,
+    UNREGISTER,
+    Script,
+)
+from pyncette.repository import ClaimResult, Commit, Page, Record, Registration, Repository
+from pyncette.schedule import UTC
+
+logger = logging.getLogger(__name__)
+
+Client = Redis | RedisCluster
+
+UNAVAILABLE: tuple[type[Exception], ...] = (
+    rex.ConnectionError,
+    rex.TimeoutError,
+    rex.ClusterError,
+    rex.TryAgainError,
+    rex.ReadOnlyError,
+    rex.OutOfMemoryError,
+    rex.RedisClusterException,
+)
+"""Driver errors that mean storage could not be reached (or is failing over)."""
+
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=UTC)
+_US = datetime.timedelta(microseconds=1)
+_CHUNK = 500
+"""Rows per script call for batch writes, so one call never blocks Redis for long."""
+MAX_IN_FLIGHT = 64
+"""Commands one repository sends at once. redis-py's pools refuse (rather than queue) a
+command beyond their size (100 connections per server), so calls wait here instead."""
+
+
+def _dumps(batch: list[tuple[Any, ...]]) -> str:
+    # Lua's cjson reads raw UTF-8; surrogates cannot be sent to Redis at all anyway.
+    return json.dumps(batch, ensure_ascii=False, separators=(",", ":"))
+
+
+def to_us(moment: datetime.datetime) -> int:
+    return (moment - _EPOCH) // _US
+
+
+def from_us(us: int) -> datetime.datetime:
+    return _EPOCH + datetime.timedelta(microseconds=us)
+
+
+def parse_row(name: str, value: bytes) -> Record:
+    """Decode a stored row (layout in ``row.lua``)."""
+    sched, _, till, size, rest = value.split(b",", 4)
+    end = int(size)
+    spec = rest[end + 1 :].decode() if rest[end : end + 1] == b"s" else None
+    if not till:
+        return Record(name, spec, from_us(int(sched)), None, None)
+    return Record(name, spec, from_us(int(sched)), from_us(int(till)), Lease(rest[:end].decode()))
+
+
+def _claimed(out: list[Any], lease: Lease) -> list[Record]:
+    """Records from the claim script's reply (the hot path: one memo per call, since a
+    batch usually shares its due and expiry times)."""
+    times: dict[int, datetime.datetime] = {}
+
+    def moment(us: int) -> datetime.datetime:
+        found = times.get(us)
+        if found is None:
+            found = times[us] = _EPOCH + datetime.timedelta(microseconds=us)
+        return found
+
+    return [
+        Record(name.decode(), None if spec is None else spec.decode(), moment(a), moment(b), lease)
+        for name, a, b, spec in zip(out[1::4], out[2::4], out[3::4], out[4::4], strict=True)
+    ]
+
+
+class RedisRepository(Repository):
+    """Rows of a group in one hash, with sorted sets indexing them by claimable time and
+    by name; every change is one Lua script run atomically on the server (EVALSHA,
+    falling back to EVAL when the server's script cache lost it). All keys of a group
+    share a hash tag, so it works on Redis Cluster as on a single server."""
+
+    def __init__(self, client: Client, namespace: str = "") -> None:
+        self._client = client
+        self._namespace = namespace
+        self._in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
+
+    async def _execute(self, *args: Any) -> Any:
+        """Run one command; the one place driver errors become pyncette's."""
+        try:
+            async with self._in_flight:
+                return await self._client.execute_command(*args)
+        except UNAVAILABLE as exc:
+            raise BackendUnavailableError(f"Redis is unavailable: {exc}") from exc
+        except rex.ResponseError as exc:
+            if str(exc).startswith("BUSY"):  # another client's script is hogging the server
+                raise BackendUnavailableError(f"Redis is busy: {exc}") from exc
+            raise
+
+    async def _run(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        try:
+            return await self._execute("EVALSHA", script.sha, len(keys), *keys, *args)
+        except rex.NoScriptError:
+            logger.info("Loading Lua script %r into Redis", script.name)
+            return await self._execute("EVAL", script.source, len(keys), *keys, *args)
+
+    async def claim(
+        self, group: str, *, now: datetime.datetime, limit: int, lease: Lease
+    ) -> ClaimResult:
+        keys = group_keys(self._namespace, group)
+        at = to_us(now)
+        records: list[Record] = []
+        while True:
+            # one script call per chunk keeps Lua's unpack() within its limits
+            size = min(limit - len(records), _CHUNK)
+            out = await self._run(CLAIM, keys[:2], (at, size, lease))
+            records += _claimed(out, lease)
+            if len(out) < 1 + 4 * size or len(records) >= limit:
+                return ClaimResult(records, None if out[0] is None else from_us(out[0]))
+
+    async def commit(
+        self, group: str, commits: Sequence[Commit], *, now: datetime.datetime
+    ) -> list[str]:
+        keys = group_keys(self._namespace, group)
+        lost: list[str] = []
+        for start in range(0, len(commits), _CHUNK):
+            batch = [
+                (c.name, c.lease, False if c.next_at is None else (c.next_at - _EPOCH) // _US)
+                for c in commits[start : start + _CHUNK]
+            ]
+            out = await self._run(COMMIT, keys, (_dumps(batch),))
+            lost += (name.decode() for name in out)
+        return lost
+
+    async def extend(
+        self, group: str, name: str, lease: Lease, *, locked_until: datetime.datetime
+    ) -> bool:
+        keys = group_keys(self._namespace, group)
+        return bool(await self._run(EXTEND, keys[:2], (name, lease, to_us(locked_until))))
+
+    async def unlock(self, group: str, name: str, lease: Lease) -> bool:
+        keys = group_keys(self._namespace, group)
+        return bool(await self._run(UNLOCK, keys[:2], (name, lease)))
+
+    async def register(
+        self,
+        group: str,
+        registrations: Sequence[Registration],
+        *,
+        now: datetime.datetime,
+        force: bool,
+    ) -> list[str]:
+        keys = group_keys(self._namespace, group)
+        skipped: list[str] = []
+        for start in range(0, len(registrations), _CHUNK):
+            batch = [
+                (
+                    r.name,
+                    to_us(r.scheduled_at),
+                    r.lease_duration // _US,
+                    False if r.spec is None else r.spec,
+                )
+                for r in registrations[start : start + _CHUNK]
+            ]
+            args = (to_us(now), "1" if force else "0", _dumps(batch))
+            out = await self._run(REGISTER, keys, args)
+            skipped += (name.decode() for name in out)
+        return skipped
+
+    async def unregister(self, group: str, name: str) -> bool:
+        return bool(await self._run(UNREGISTER, group_keys(self._namespace, group), (name,)))
+
+    async def get(self, group: str, name: str) -> Record | None:
+        value = await self._execute("HGET", group_keys(self._namespace, group).rows, name)
+        return None if value is None else parse_row(name, value)
+
+    async def list(
+        self,
+        group: str,
+        *,
+        limit: int,
+        continuation_token: ContinuationToken | None = None,
+    ) -> Page:
+        keys = group_keys(self._namespace, group)
+        start = "-" if continuation_token is None else "(" + continuation_token
+        out = await self._run(LIST, (keys.rows, keys.names), (start, limit))
+        records = [parse_row(out[i].decode(), out[i + 1]) for i in range(1, len(out), 2)]
+        token = None if out[0] is None else ContinuationToken(out[0].decode())
+        return Page(records, token)

@@ -1,0 +1,78 @@
+-- Row encoding, prepended to every other script when it is loaded.
+--
+-- The rows of a group live in one hash (field = row name). A value reads
+--
+--   <scheduled_at>,<lease_duration>,<locked_until>,<holder length>,<holder><spec>
+--
+-- Times are integer microseconds since the Unix epoch. While a row is unlocked,
+-- <locked_until> is empty and <holder length> is 0. <holder> is the lease token, as
+-- many bytes as its length says. <spec> is "n" (no spec) or "s" and the spec text.
+-- The second key of a group is a sorted set of row names scored by the time each row
+-- becomes claimable (locked_until when locked, scheduled_at otherwise); the third one
+-- holds every row name at score 0, for listing in name order.
+--
+-- Callers keep batches small enough (at most a few thousand arguments) for unpack().
+
+local match, sub, len, format = string.match, string.sub, string.len, string.format
+
+local function read_row(value)
+  local sched, dur, till, size, at = match(value, '^(%-?%d+),(%-?%d+),(%-?%d*),(%d+),()')
+  local stop = at + tonumber(size)
+  return sched, dur, till, sub(value, at, stop - 1), sub(value, stop)
+end
+
+local function write_row(sched, dur, till, holder, tail)
+  return sched .. ',' .. dur .. ',' .. till .. ',' .. len(holder) .. ',' .. holder .. tail
+end
+
+local function spec_of(tail)
+  if sub(tail, 1, 1) == 's' then
+    return sub(tail, 2)
+  end
+  return false
+end
+
+local function integer(number)
+  return format('%.0f', number)
+end
+
+-- Sequential updates of a batch of rows, written back with a few multi-argument calls.
+-- `current` maps a name to its value as the batch has left it (false: deleted).
+local function batch_reader(rows, names)
+  local current = {}
+  if #names > 0 then
+    local values = redis.call('HMGET', rows, unpack(names))
+    for i = 1, #names do
+      current[names[i]] = values[i]
+    end
+  end
+  return current
+end
+
+local function batch_write(keys, order, current, scores)
+  local rows, due, index = keys[1], keys[2], keys[3]
+  local hset, zadd, gone, n, m, k = {}, {}, {}, 0, 0, 0
+  for i = 1, #order do
+    local name = order[i]
+    local value = current[name]
+    if value then
+      hset[n + 1], hset[n + 2] = name, value
+      zadd[n + 1], zadd[n + 2] = scores[name], name
+      n = n + 2
+    else
+      k = k + 1
+      gone[k] = name
+    end
+  end
+  if n > 0 then
+    redis.call('HSET', rows, unpack(hset))
+    redis.call('ZADD', due, unpack(zadd))
+  end
+  if k > 0 then
+    redis.call('HDEL', rows, unpack(gone))
+    redis.call('ZREM', due, unpack(gone))
+    if index then
+      redis.call('ZREM', index, unpack(gone))
+    end
+  end
+end
