@@ -1,0 +1,1 @@
+"""Benchmark harness for pyncette; see ``benchmarks/README.md``."""

@@ -1,0 +1,469 @@
+"""Command line: ``python -m benchmarks SCENARIO --backend B [options]``.
+
+Each measurement runs :mod:`benchmarks.worker` in a fresh subprocess against a fresh
+store (see :mod:`benchmarks.services`). ``--compare`` alternates this project and
+Pyncette 1.1.0 (A B A B ...) on the same server and prints each pair's ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from benchmarks.services import AWS_ENV, BACKENDS, SHARED, Services
+
+HERE = Path(__file__).resolve().parent
+WORKER = HERE / "worker.py"
+OURS = sys.executable
+THEIRS = str(HERE / ".venv-pyncette11" / "bin" / "python")
+
+
+class BenchmarkFailure(Exception):
+    """A correctness check failed (duplicates, missing runs) or a worker crashed."""
+
+
+# -- running workers ---------------------------------------------------------------------
+
+
+def start_worker(python: str, config: dict[str, Any]) -> tuple[subprocess.Popen[str], str]:
+    fd, path = tempfile.mkstemp(prefix="pyncette-bench-", suffix=".json")
+    with os.fdopen(fd, "w") as out:
+        json.dump(config, out)
+    env = {**os.environ, **AWS_ENV, "PYTHONDONTWRITEBYTECODE": "1"}
+    process = subprocess.Popen(
+        [python, str(WORKER), path],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=tempfile.gettempdir(),  # never import this checkout's sources by accident
+    )
+    return process, path
+
+
+def finish_worker(process: subprocess.Popen[str], path: str, timeout: float) -> dict[str, Any]:
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        stdout, stderr = process.communicate()
+        raise BenchmarkFailure(
+            f"worker timed out after {timeout:.0f} s:\n{stderr[-3000:]}"
+        ) from None
+    finally:
+        os.unlink(path)
+    for line in stdout.splitlines():
+        if line.startswith("RESULT "):
+            result: dict[str, Any] = json.loads(line[len("RESULT ") :])
+            if stderr.strip():
+                result["stderr_tail"] = stderr[-2000:]
+            return result
+    raise BenchmarkFailure(f"worker exited {process.returncode}:\n{stderr[-3000:]}")
+
+
+def run_worker(python: str, config: dict[str, Any], timeout: float = 900) -> dict[str, Any]:
+    process, path = start_worker(python, config)
+    return finish_worker(process, path, timeout)
+
+
+def flavour_of(python: str) -> str:
+    return "pyncette11" if python == THEIRS else "ours"
+
+
+def label_of(python: str) -> str:
+    return "Pyncette 1.1.0" if python == THEIRS else "this project"
+
+
+# -- results -----------------------------------------------------------------------------
+
+
+class Report:
+    """Collects rows and failures; prints markdown and optionally appends JSON lines."""
+
+    def __init__(self, json_path: str | None) -> None:
+        self.json_path = json_path
+        self.failures: list[str] = []
+
+    def record(self, scenario: str, backend: str, who: str, payload: dict[str, Any]) -> None:
+        if self.json_path:
+            with open(self.json_path, "a") as out:
+                row = {"scenario": scenario, "backend": backend, "who": who, **payload}
+                out.write(json.dumps(row) + "\n")
+
+    def fail(self, message: str) -> None:
+        self.failures.append(message)
+        print(f"FAIL: {message}", flush=True)
+
+
+def median_ratio(ours: list[float], theirs: list[float]) -> tuple[list[float], float]:
+    ratios = [a / b for a, b in zip(ours, theirs, strict=True) if b]
+    return ratios, statistics.median(ratios) if ratios else float("nan")
+
+
+def fmt(value: float | None, digits: int = 0) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def pythons(args: argparse.Namespace) -> list[str]:
+    if not args.compare:
+        return [OURS]
+    if not os.path.exists(THEIRS):
+        raise SystemExit("Pyncette 1.1.0 venv missing: run benchmarks/setup_pyncette11.sh")
+    return [OURS, THEIRS]
+
+
+def base_config(args: argparse.Namespace, backend: str, python: str) -> dict[str, Any]:
+    return {
+        "backend": backend,
+        "batch_size": args.batch_size,
+        "concurrency_limit": args.concurrency_limit,
+        "poll_interval": args.poll_interval,
+        # Compare mode: both sides use only the 1.x API; alone, we may use our bulk API.
+        "api": "compat" if args.compare else "bulk",
+    }
+
+
+@contextmanager
+def noted(report: Report, what: str) -> Iterator[None]:
+    try:
+        yield
+    except BenchmarkFailure as exc:
+        report.fail(f"{what}: {exc}")
+
+
+# -- scenarios ---------------------------------------------------------------------------
+
+
+def drain_once(
+    services: Services, args: argparse.Namespace, backend: str, python: str, n: int, **extra: Any
+) -> dict[str, Any]:
+    with services.store(backend, flavour_of(python)) as options:
+        config = {**base_config(args, backend, python), "scenario": "drain", "n": n}
+        config.update(options=options, timeout=args.timeout, **extra)
+        result = run_worker(python, config, timeout=args.timeout + 120)
+    span = (result["last"] - result["first"]) if result["executions"] > 1 else None
+    result["rate"] = (result["executions"] - 1) / span if span else None
+    result["missing"] = n - result["unique"]
+    return result
+
+
+def check_correct(report: Report, what: str, python: str, result: dict[str, Any]) -> None:
+    problems = result.get("duplicates", 0) or result.get("missing", 0)
+    if problems:
+        message = f"{what}: {result.get('duplicates')} duplicates, {result.get('missing')} missing"
+        if python == OURS:
+            report.fail(message)
+        else:
+            print(f"WARNING (Pyncette 1.1.0): {message}", flush=True)
+
+
+def scenario_drain(services: Services, args: argparse.Namespace, report: Report) -> None:
+    for backend in args.backends:
+        print(f"\n### drain — {backend}, n={args.n}, batch_size={args.batch_size}\n")
+        print("| run | package | executions/s | duplicates | missing | setup s | peak RSS MiB |")
+        print("|---|---|---:|---:|---:|---:|---:|")
+        rates: dict[str, list[float]] = {python: [] for python in pythons(args)}
+        for rep in range(args.repeat):
+            for python in pythons(args):
+                extra: dict[str, Any] = {}
+                if args.profile and python == OURS and rep == 0:
+                    extra["profile"] = os.path.join(args.profile, f"drain-{backend}.txt")
+                with noted(report, f"drain {backend} {label_of(python)}"):
+                    result = drain_once(services, args, backend, python, args.n, **extra)
+                    check_correct(report, f"drain {backend} {label_of(python)}", python, result)
+                    rates[python].append(result["rate"] or 0.0)
+                    report.record("drain", backend, flavour_of(python), result)
+                    print(
+                        f"| {rep + 1} | {label_of(python)} | {fmt(result['rate'])} | "
+                        f"{result['duplicates']} | {result['missing']} | "
+                        f"{fmt(result.get('setup_s'), 2)} | {fmt(result['peak_rss_mib'], 1)} |",
+                        flush=True,
+                    )
+        summarize(rates, "executions/s")
+
+
+def summarize(values: dict[str, list[float]], unit: str) -> None:
+    ours = values.get(OURS, [])
+    theirs = values.get(THEIRS, [])
+    if ours:
+        print(f"\nmedian {unit}, this project: {fmt(statistics.median(ours))}")
+    if theirs:
+        print(f"median {unit}, Pyncette 1.1.0: {fmt(statistics.median(theirs))}")
+        if len(ours) == len(theirs):
+            ratios, median = median_ratio(ours, theirs)
+            print("pair ratios: " + ", ".join(f"{r:.2f}x" for r in ratios))
+            print(f"median ratio: {median:.2f}x", flush=True)
+
+
+def scenario_steady(services: Services, args: argparse.Namespace, report: Report) -> None:
+    for backend in args.backends:
+        print(
+            f"\n### steady — {backend}, {args.n} instances every {args.interval:g} s "
+            f"for {args.duration:g} s, poll {args.poll_interval:g} s\n"
+        )
+        print(
+            "| run | package | demanded/s | achieved/s | lateness p50 ms | p99 ms | max ms |"
+            " peak RSS MiB |"
+        )
+        print("|---|---|---:|---:|---:|---:|---:|---:|")
+        achieved: dict[str, list[float]] = {python: [] for python in pythons(args)}
+        for rep in range(args.repeat):
+            for python in pythons(args):
+                with noted(report, f"steady {backend} {label_of(python)}"):
+                    with services.store(backend, flavour_of(python)) as options:
+                        config = {**base_config(args, backend, python), "scenario": "steady"}
+                        config.update(
+                            options=options,
+                            n=args.n,
+                            interval=args.interval,
+                            duration=args.duration,
+                        )
+                        if args.profile and python == OURS and rep == 0:
+                            config["profile"] = os.path.join(args.profile, f"steady-{backend}.txt")
+                        result = run_worker(python, config, timeout=args.duration + 600)
+                    late = result["lateness_ms"]
+                    achieved[python].append(result["achieved_per_s"])
+                    report.record("steady", backend, flavour_of(python), result)
+                    print(
+                        f"| {rep + 1} | {label_of(python)} | {fmt(result['demanded_per_s'])} | "
+                        f"{fmt(result['achieved_per_s'])} | {fmt(late['p50'], 1)} | "
+                        f"{fmt(late['p99'], 1)} | {fmt(late['max'], 1)} | "
+                        f"{fmt(result['peak_rss_mib'], 1)} |",
+                        flush=True,
+                    )
+        summarize(achieved, "achieved executions/s")
+
+
+def scenario_register(services: Services, args: argparse.Namespace, report: Report) -> None:
+    for backend in args.backends:
+        print(f"\n### register — {backend}, n={args.n} per method\n")
+        print("| run | package | sequential /s | gathered (100) /s | bulk /s |")
+        print("|---|---|---:|---:|---:|")
+        best: dict[str, list[float]] = {python: [] for python in pythons(args)}
+        gathered: dict[str, list[float]] = {python: [] for python in pythons(args)}
+        for rep in range(args.repeat):
+            for python in pythons(args):
+                with noted(report, f"register {backend} {label_of(python)}"):
+                    with services.store(backend, flavour_of(python)) as options:
+                        config = {**base_config(args, backend, python), "scenario": "register"}
+                        config.update(options=options, n=args.n, api="bulk")
+                        result = run_worker(python, config)
+                    rates = result["rates"]
+                    best[python].append(max(rates.values()))
+                    gathered[python].append(rates["gathered"])
+                    report.record("register", backend, flavour_of(python), result)
+                    print(
+                        f"| {rep + 1} | {label_of(python)} | {fmt(rates['sequential'])} | "
+                        f"{fmt(rates['gathered'])} | {fmt(rates.get('bulk'))} |",
+                        flush=True,
+                    )
+        print("\nbest method of each package:")
+        summarize(best, "registrations/s (best method)")
+        if args.compare:
+            print("\nsame method (gathered schedule_task):")
+            summarize(gathered, "registrations/s (gathered)")
+
+
+def scenario_scale(services: Services, args: argparse.Namespace, report: Report) -> None:
+    for backend in args.backends:
+        big = args.stored
+        print(
+            f"\n### scale — {backend}, {args.due} due among 1,000 vs {big:,} stored, "
+            f"batch_size={args.batch_size}\n"
+        )
+        print(
+            "| run | stored | claim p50 ms | claim max ms | drain of due s | setup s |"
+            " peak RSS MiB |"
+        )
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        p50: dict[int, list[float]] = {1000: [], big: []}
+        for rep in range(args.repeat):
+            for stored in (1000, big):
+                with noted(report, f"scale {backend} {stored}"):
+                    with services.store(backend) as options:
+                        config = {**base_config(args, backend, OURS), "scenario": "scale"}
+                        config.update(options=options, stored=stored, due=args.due)
+                        result = run_worker(OURS, config, timeout=3600)
+                    if result["executions"] != args.due:
+                        report.fail(f"scale {backend}: ran {result['executions']} of {args.due}")
+                    claim = result["claim_ms"]
+                    p50[stored].append(claim["p50"] or 0.0)
+                    report.record("scale", backend, "ours", {"stored": stored, **result})
+                    print(
+                        f"| {rep + 1} | {stored:,} | {fmt(claim['p50'], 2)} | "
+                        f"{fmt(claim['max'], 2)} | {fmt(result['drain_s'], 3)} | "
+                        f"{fmt(result['setup_s'], 1)} | {fmt(result['peak_rss_mib'], 1)} |",
+                        flush=True,
+                    )
+        if not (p50[1000] and p50[big]):
+            continue
+        small, large = statistics.median(p50[1000]), statistics.median(p50[big])
+        print(
+            f"\nmedian claim p50: {small:.2f} ms (1,000) vs {large:.2f} ms ({big:,}): "
+            f"{large / small:.2f}x (target <= 2x)",
+            flush=True,
+        )
+
+
+def scale_out_once(
+    services: Services, args: argparse.Namespace, backend: str, processes: int
+) -> dict[str, Any]:
+    with services.store(backend) as options, tempfile.TemporaryDirectory() as folder:
+        common = {**base_config(args, backend, OURS), "options": options, "n": args.n}
+        run_worker(OURS, {**common, "scenario": "setup"})
+        start_at = time.time() + 3.0  # let every process import and connect first
+        started = []
+        for index in range(processes):
+            config = {
+                **common,
+                "scenario": "drain",
+                "setup": False,
+                "start_at": start_at,
+                "idle_exit": args.idle_exit,
+                "timeout": args.timeout,
+                "out": os.path.join(folder, f"{index}.json"),
+            }
+            started.append(start_worker(OURS, config))
+        results = [finish_worker(p, path, args.timeout + 120) for p, path in started]
+        counts: dict[str, int] = {}
+        firsts, lasts, per_process = [], [], []
+        for index in range(processes):
+            with open(os.path.join(folder, f"{index}.json")) as source:
+                data = json.load(source)
+            per_process.append(len(data["names"]))
+            for name in data["names"]:
+                counts[name] = counts.get(name, 0) + 1
+            if data["first"] is not None:
+                firsts.append(data["first"])
+                lasts.append(data["last"])
+    executions = sum(counts.values())
+    span = max(lasts) - min(firsts) if firsts else 0.0
+    return {
+        "processes": processes,
+        "executions": executions,
+        "duplicates": executions - len(counts),
+        "missing": args.n - len(counts),
+        "rate": (executions - 1) / span if span else None,
+        "per_process": per_process,
+        "peak_rss_mib": max(r["peak_rss_mib"] for r in results),
+    }
+
+
+def scenario_scale_out(services: Services, args: argparse.Namespace, report: Report) -> None:
+    for backend in args.backends:
+        if backend not in SHARED:
+            print(f"\n(scale-out skipped for {backend}: its store is private to one process)")
+            continue
+        print(f"\n### scale-out — {backend}, n={args.n}, batch_size={args.batch_size}\n")
+        print("| run | processes | executions/s | per process | duplicates | missing |")
+        print("|---|---:|---:|---|---:|---:|")
+        rates: dict[int, list[float]] = {k: [] for k in args.processes}
+        for rep in range(args.repeat):
+            for processes in args.processes:
+                with noted(report, f"scale-out {backend} x{processes}"):
+                    result = scale_out_once(services, args, backend, processes)
+                    check_correct(report, f"scale-out {backend} x{processes}", OURS, result)
+                    rates[processes].append(result["rate"] or 0.0)
+                    report.record("scale-out", backend, "ours", result)
+                    print(
+                        f"| {rep + 1} | {processes} | {fmt(result['rate'])} | "
+                        f"{result['per_process']} | {result['duplicates']} | "
+                        f"{result['missing']} |",
+                        flush=True,
+                    )
+        one = rates.get(1)
+        for processes, values in rates.items():
+            if values and one and processes != 1:
+                ratios = [a / b for a, b in zip(values, one, strict=True) if b]
+                print(
+                    f"{processes} processes vs 1: median {statistics.median(ratios):.2f}x "
+                    f"(runs: {', '.join(f'{r:.2f}x' for r in ratios)})",
+                    flush=True,
+                )
+
+
+SCENARIOS: dict[str, Callable[[Services, argparse.Namespace, Report], None]] = {
+    "drain": scenario_drain,
+    "steady": scenario_steady,
+    "register": scenario_register,
+    "scale": scenario_scale,
+    "scale-out": scenario_scale_out,
+}
+
+DEFAULT_N = {"drain": 20000, "steady": 2000, "register": 2000, "scale": 0, "scale-out": 20000}
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("scenario", choices=sorted(SCENARIOS))
+    parser.add_argument(
+        "--backend",
+        default="memory",
+        help=f"comma-separated, or 'all': {', '.join(BACKENDS)} (default memory)",
+    )
+    parser.add_argument("-n", type=int, help="instances (default depends on the scenario)")
+    parser.add_argument("--compare", action="store_true", help="alternate with Pyncette 1.1.0")
+    parser.add_argument("--repeat", type=int, help="runs (pairs with --compare); default 1, 3")
+    parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--concurrency-limit", type=int, default=100)
+    parser.add_argument("--poll-interval", type=float, default=1.0, help="seconds")
+    parser.add_argument("--interval", type=float, default=2.0, help="steady: seconds")
+    parser.add_argument("--duration", type=float, default=20.0, help="steady: seconds")
+    parser.add_argument("--stored", type=int, default=1_000_000, help="scale: big store")
+    parser.add_argument("--due", type=int, default=1000, help="scale: due instances")
+    parser.add_argument(
+        "--processes", default="1,2,4", help="scale-out: comma-separated process counts"
+    )
+    parser.add_argument("--idle-exit", type=float, default=3.0, help="scale-out: seconds")
+    parser.add_argument("--timeout", type=float, default=600.0, help="per worker, seconds")
+    parser.add_argument("--profile", metavar="DIR", help="pyinstrument text profiles here")
+    parser.add_argument("--json", metavar="FILE", help="append one JSON line per run")
+    args = parser.parse_args(argv)
+    args.backends = (
+        list(BACKENDS) if args.backend == "all" else [b for b in args.backend.split(",") if b]
+    )
+    unknown = [b for b in args.backends if b not in BACKENDS]
+    if unknown:
+        parser.error(f"unknown backend(s) {unknown}; choose from {', '.join(BACKENDS)}")
+    args.processes = [int(p) for p in args.processes.split(",")]
+    if args.n is None:
+        args.n = DEFAULT_N[args.scenario]
+    if args.repeat is None:
+        args.repeat = 3 if args.compare else 1
+    if args.compare and args.scenario in ("scale", "scale-out"):
+        parser.error("--compare applies to drain, steady and register")
+    if args.profile:
+        os.makedirs(args.profile, exist_ok=True)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M")
+    print(
+        f"pyncette benchmark {args.scenario} — {stamp} UTC, {os.cpu_count()} CPUs, "
+        f"Python {platform.python_version()}",
+        flush=True,
+    )
+    report = Report(args.json)
+    services = Services()
+    try:
+        SCENARIOS[args.scenario](services, args, report)
+    finally:
+        services.close()
+    if report.failures:
+        print(f"\n{len(report.failures)} failure(s)", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,229 @@
+"""Provisioning a fresh, private store per benchmark run, and cleaning it up.
+
+Every run gets its own database (PostgreSQL, MariaDB), key namespace (Redis), table
+(DynamoDB on a moto server started here) or file (SQLite), because other people share
+these servers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import shutil
+import socket
+import string
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+BACKENDS = ("memory", "sqlite", "postgres", "mysql", "redis", "dynamodb")
+SHARED = ("sqlite", "postgres", "mysql", "redis", "dynamodb")
+"""Backends whose store several processes can share (scale-out)."""
+
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+MYSQL = {"host": "127.0.0.1", "port": 3306, "user": "root", "password": ""}
+REDIS_URL = "redis://127.0.0.1:6379"
+AWS_ENV = {
+    "AWS_ACCESS_KEY_ID": "bench",
+    "AWS_SECRET_ACCESS_KEY": "bench",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+# Pyncette 1.1's MySQL schema without its expression index (which MariaDB cannot build):
+# the same columns, written here from reading its installed module.
+PYNCETTE11_MYSQL_TABLE = """
+CREATE TABLE pyncette_tasks (
+    name VARCHAR(256) PRIMARY KEY,
+    parent_name VARCHAR(256),
+    locked_until DOUBLE,
+    locked_by VARCHAR(256),
+    execute_after DOUBLE,
+    task_spec TEXT
+)
+"""
+
+
+def unique_name(prefix: str = "bench") -> str:
+    """Letters and underscores only: Pyncette 1.1 rejects digits in table names."""
+    return f"{prefix}_" + "".join(secrets.choice(string.ascii_lowercase) for _ in range(10))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Moto:
+    """A moto DynamoDB server on a free loopback port, for the lifetime of one command."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        exe = Path(sys.executable).with_name("moto_server")
+        self.process = subprocess.Popen(
+            [str(exe), "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    break
+            except OSError:
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    self.close()
+                    raise RuntimeError("moto_server did not start") from None
+                time.sleep(0.2)
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+class Services:
+    """Hands out fresh stores; owns the moto server if one was needed."""
+
+    def __init__(self) -> None:
+        self._moto: Moto | None = None
+
+    def close(self) -> None:
+        if self._moto is not None:
+            self._moto.close()
+            self._moto = None
+
+    def moto(self) -> Moto:
+        if self._moto is None:
+            self._moto = Moto()
+        return self._moto
+
+    @contextlib.contextmanager
+    def store(self, backend: str, flavour: str = "ours") -> Iterator[dict[str, Any]]:
+        """Yield worker options for a fresh store of ``backend``; drop it afterwards.
+
+        ``flavour`` is ``"ours"`` or ``"pyncette11"`` (which gets its MySQL table
+        pre-created without the index MariaDB cannot build).
+        """
+        if backend == "memory":
+            yield {}
+        elif backend == "sqlite":
+            folder = tempfile.mkdtemp(prefix="pyncette-bench-")
+            try:
+                yield {"sqlite_database": os.path.join(folder, "bench.db")}
+            finally:
+                shutil.rmtree(folder, ignore_errors=True)
+        elif backend == "postgres":
+            name = unique_name()
+            asyncio.run(_pg(f'CREATE DATABASE "{name}"'))
+            try:
+                yield {"postgres_url": f"postgresql://postgres@127.0.0.1:5432/{name}"}
+            finally:
+                asyncio.run(_pg(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        elif backend == "mysql":
+            name = unique_name()
+            statements = [f"CREATE DATABASE `{name}`"]
+            if flavour == "pyncette11":
+                statements.append(f"USE `{name}`")
+                statements.append(PYNCETTE11_MYSQL_TABLE)
+            asyncio.run(_mysql(statements))
+            options: dict[str, Any] = {
+                "mysql_host": MYSQL["host"],
+                "mysql_port": MYSQL["port"],
+                "mysql_user": MYSQL["user"],
+                "mysql_database": name,
+            }
+            # An empty mysql_password is rejected by this project's backend (reported as a
+            # bug); with no password both packages connect the same way.
+            if MYSQL["password"]:
+                options["mysql_password"] = MYSQL["password"]
+            if flavour == "pyncette11":
+                options["mysql_skip_table_create"] = True
+            try:
+                yield options
+            finally:
+                asyncio.run(_mysql([f"DROP DATABASE IF EXISTS `{name}`"]))
+        elif backend == "redis":
+            namespace = unique_name()
+            try:
+                yield {"redis_url": REDIS_URL, "redis_namespace": namespace}
+            finally:
+                asyncio.run(_redis_cleanup(namespace))
+        elif backend == "dynamodb":
+            moto = self.moto()
+            table = unique_name()
+            try:
+                yield {
+                    "dynamodb_endpoint": moto.endpoint,
+                    "dynamodb_region_name": "us-east-1",
+                    "dynamodb_table_name": table,
+                }
+            finally:
+                _dynamodb_drop(moto.endpoint, table)
+        else:
+            raise ValueError(f"unknown backend {backend!r}")
+
+
+async def _pg(statement: str) -> None:
+    import asyncpg
+
+    connection = await asyncpg.connect(PG_ADMIN)
+    try:
+        await connection.execute(statement)
+    finally:
+        await connection.close()
+
+
+async def _mysql(statements: list[str]) -> None:
+    import asyncmy
+
+    connection = await asyncmy.connect(**MYSQL)
+    try:
+        async with connection.cursor() as cursor:
+            for statement in statements:
+                await cursor.execute(statement)
+        await connection.commit()
+    finally:
+        connection.close()
+
+
+async def _redis_cleanup(namespace: str) -> None:
+    import redis.asyncio
+
+    client = redis.asyncio.Redis.from_url(REDIS_URL)
+    try:
+        batch: list[bytes] = []
+        async for key in client.scan_iter(match=f"*{namespace}*", count=1000):
+            batch.append(key)
+            if len(batch) >= 1000:
+                await client.delete(*batch)
+                batch = []
+        if batch:
+            await client.delete(*batch)
+    finally:
+        await client.aclose()
+
+
+def _dynamodb_drop(endpoint: str, table: str) -> None:
+    import boto3
+
+    client = boto3.client(
+        "dynamodb",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=AWS_ENV["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=AWS_ENV["AWS_SECRET_ACCESS_KEY"],
+    )
+    with contextlib.suppress(Exception):
+        client.delete_table(TableName=table)

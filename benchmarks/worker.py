@@ -1,0 +1,377 @@
+"""One benchmark process: ``python worker.py CONFIG.json``.
+
+This file is run as a script, under this project's venv or under Pyncette 1.1.0's
+(``--compare``), so it imports nothing from the ``benchmarks`` package and, unless the
+config sets ``"api": "bulk"``, uses only the public Pyncette 1.x API. It prints one line,
+``RESULT {json}``, on stdout; everything else goes to stderr.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import importlib
+import json
+import logging
+import resource
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from pyncette import Pyncette
+
+UTC = datetime.UTC
+CHUNK = 100
+"""How many ``schedule_task`` calls run concurrently in the 1.x-compatible setup path."""
+
+FACTORIES = {
+    "sqlite": ("pyncette.sqlite", "sqlite_repository"),
+    "postgres": ("pyncette.postgres", "postgres_repository"),
+    "mysql": ("pyncette.mysql", "mysql_repository"),
+    "redis": ("pyncette.redis", "redis_repository"),
+    "dynamodb": ("pyncette.dynamodb", "dynamodb_repository"),
+}
+
+
+def make_app(config: dict[str, Any]) -> Pyncette:
+    kwargs: dict[str, Any] = dict(config.get("options", {}))
+    backend = config["backend"]
+    if backend in FACTORIES:
+        module, name = FACTORIES[backend]
+        kwargs["repository_factory"] = getattr(importlib.import_module(module), name)
+    elif backend != "memory":
+        raise SystemExit(f"unknown backend {backend!r}")
+    # Both packages accept these: ours as named parameters, 1.x through **kwargs.
+    kwargs["batch_size"] = config.get("batch_size", 100)
+    kwargs["concurrency_limit"] = config.get("concurrency_limit", 100)
+    kwargs["poll_interval"] = datetime.timedelta(seconds=config.get("poll_interval", 1.0))
+    return Pyncette(**kwargs)
+
+
+def use_bulk(config: dict[str, Any], ctx: Any) -> bool:
+    return config.get("api") == "bulk" and hasattr(ctx, "schedule_tasks")
+
+
+async def schedule_many(
+    config: dict[str, Any], ctx: Any, task: Any, specs: dict[str, dict[str, Any]]
+) -> None:
+    """Register instances: the bulk call where allowed, else 1.x ``schedule_task`` calls
+    gathered in chunks."""
+    if use_bulk(config, ctx):
+        await ctx.schedule_tasks(task, specs)
+        return
+    items = list(specs.items())
+    for start in range(0, len(items), CHUNK):
+        await asyncio.gather(
+            *(ctx.schedule_task(task, name, **spec) for name, spec in items[start : start + CHUNK])
+        )
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def names(prefix: str, count: int) -> list[str]:
+    return [f"{prefix}{i:08d}" for i in range(count)]
+
+
+async def wait_until(epoch: float | None) -> None:
+    if epoch is not None:
+        await asyncio.sleep(max(0.0, epoch - time.time()))
+
+
+PROFILES: list[tuple[str, str]] = []
+"""(path, text) of profiles taken, written out once the event loop has stopped."""
+
+
+class Profiled:
+    """Runs a coroutine under pyinstrument when the config asks for a profile."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.path = config.get("profile")
+
+    async def run(self, operation: Callable[[], Awaitable[None]]) -> None:
+        if not self.path:
+            await operation()
+            return
+        from pyinstrument import Profiler
+
+        profiler = Profiler(async_mode="disabled", interval=0.0005)
+        profiler.start()
+        try:
+            await operation()
+        finally:
+            profiler.stop()
+            text = profiler.output_text(unicode=False, color=False, show_all=False)
+            PROFILES.append((self.path, text))
+
+
+# -- scenarios --------------------------------------------------------------------------
+
+
+async def drain(config: dict[str, Any]) -> dict[str, Any]:
+    """Execute ``n`` one-off instances that are all due; stop when all ran (one process)
+    or when idle for ``idle_exit`` seconds (several processes sharing a store)."""
+    n = config["n"]
+    app = make_app(config)
+    seen: list[str] = []
+    stamps: list[float] = []
+    idle_exit = config.get("idle_exit")
+    holder: dict[str, Any] = {}
+
+    @app.dynamic_task(name="bench_drain")
+    async def bench_drain(context: Any) -> None:
+        stamps.append(time.time())
+        seen.append(context.task.name)
+        if idle_exit is None and len(seen) >= n:
+            holder["ctx"].shutdown()
+
+    result: dict[str, Any] = {}
+    async with app.create() as ctx:
+        holder["ctx"] = ctx
+        if config.get("setup", True):
+            due = datetime.datetime.now(UTC) - datetime.timedelta(seconds=1)
+            started = time.perf_counter()
+            await schedule_many(
+                config, ctx, bench_drain, {name: {"execute_at": due} for name in names("d", n)}
+            )
+            result["setup_s"] = time.perf_counter() - started
+        await wait_until(config.get("start_at"))
+        run_started = time.time()
+
+        async def watchdog() -> None:
+            deadline = run_started + config.get("timeout", 600)
+            while time.time() < deadline:
+                await asyncio.sleep(0.1)
+                if idle_exit is not None:
+                    last = stamps[-1] if stamps else run_started + config.get("first_wait", 10.0)
+                    if time.time() - last > idle_exit:
+                        break
+            ctx.shutdown()
+
+        guard = asyncio.ensure_future(watchdog())
+        await Profiled(config).run(ctx.run)
+        guard.cancel()
+    counts: dict[str, int] = {}
+    for name in seen:
+        counts[name] = counts.get(name, 0) + 1
+    result.update(
+        executions=len(seen),
+        unique=len(counts),
+        duplicates=len(seen) - len(counts),
+        first=min(stamps) if stamps else None,
+        last=max(stamps) if stamps else None,
+        run_started=run_started,
+        peak_rss_mib=peak_rss_mib(),
+    )
+    if config.get("out"):
+        result["_names"] = seen
+    return result
+
+
+async def setup_only(config: dict[str, Any]) -> dict[str, Any]:
+    """Register the drain scenario's instances and exit (for multi-process runs)."""
+    app = make_app(config)
+
+    @app.dynamic_task(name="bench_drain")
+    async def bench_drain(context: Any) -> None:  # never runs here
+        pass
+
+    async with app.create() as ctx:
+        due = datetime.datetime.now(UTC) - datetime.timedelta(seconds=1)
+        started = time.perf_counter()
+        await schedule_many(
+            config,
+            ctx,
+            bench_drain,
+            {name: {"execute_at": due} for name in names("d", config["n"])},
+        )
+        return {"setup_s": time.perf_counter() - started}
+
+
+async def steady(config: dict[str, Any]) -> dict[str, Any]:
+    """``n`` interval instances every ``interval`` seconds, run for ``duration`` seconds."""
+    n, interval, duration = config["n"], config["interval"], config["duration"]
+    app = make_app(config)
+    started_at: list[float] = []
+    due_at: list[float] = []
+
+    @app.dynamic_task(name="bench_steady")
+    async def bench_steady(context: Any) -> None:
+        started_at.append(time.time())
+        due_at.append(context.scheduled_at.timestamp())
+
+    async with app.create() as ctx:
+        period = datetime.timedelta(seconds=interval)
+        setup_started = time.perf_counter()
+        await schedule_many(
+            config, ctx, bench_steady, {name: {"interval": period} for name in names("s", n)}
+        )
+        setup_s = time.perf_counter() - setup_started
+        run_started = time.time()
+        asyncio.get_running_loop().call_later(duration, ctx.shutdown)
+        await Profiled(config).run(ctx.run)
+    window_start, window_end = run_started + interval, run_started + duration
+    lateness = sorted(
+        (start - due) * 1000
+        for start, due in zip(started_at, due_at, strict=True)
+        if window_start <= due and start <= window_end
+    )
+    in_window = sum(1 for start in started_at if window_start <= start <= window_end)
+    return {
+        "setup_s": setup_s,
+        "executions": len(started_at),
+        "demanded_per_s": n / interval,
+        "achieved_per_s": in_window / (window_end - window_start),
+        "lateness_ms": {
+            "count": len(lateness),
+            "p50": percentile(lateness, 0.50),
+            "p99": percentile(lateness, 0.99),
+            "max": lateness[-1] if lateness else None,
+        },
+        "peak_rss_mib": peak_rss_mib(),
+    }
+
+
+def percentile(ordered: list[float], q: float) -> float | None:
+    if not ordered:
+        return None
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def register(config: dict[str, Any]) -> dict[str, Any]:
+    """Rate of ``schedule_task`` one by one, gathered in chunks, and in bulk."""
+    n = config["n"]
+    app = make_app(config)
+
+    @app.dynamic_task(name="bench_register")
+    async def bench_register(context: Any) -> None:  # never runs: due in a day
+        pass
+
+    later = datetime.datetime.now(UTC) + datetime.timedelta(days=1)
+    rates: dict[str, float] = {}
+    async with app.create() as ctx:
+        started = time.perf_counter()
+        for name in names("q", n):
+            await ctx.schedule_task(bench_register, name, execute_at=later)
+        rates["sequential"] = n / (time.perf_counter() - started)
+
+        batch = names("g", n)
+        started = time.perf_counter()
+        for start in range(0, n, CHUNK):
+            await asyncio.gather(
+                *(
+                    ctx.schedule_task(bench_register, name, execute_at=later)
+                    for name in batch[start : start + CHUNK]
+                )
+            )
+        rates["gathered"] = n / (time.perf_counter() - started)
+
+        if hasattr(ctx, "schedule_tasks") and config.get("api") == "bulk":
+            specs = {name: {"execute_at": later} for name in names("b", n)}
+            started = time.perf_counter()
+            await ctx.schedule_tasks(bench_register, specs)
+            rates["bulk"] = n / (time.perf_counter() - started)
+    return {"rates": rates, "peak_rss_mib": peak_rss_mib()}
+
+
+async def scale(config: dict[str, Any]) -> dict[str, Any]:
+    """Claim cost with ``due`` due instances among ``stored`` stored ones (this project
+    only: rows are written straight through the repository to set up quickly)."""
+    from pyncette.repository import Registration
+
+    stored, due = config["stored"], config["due"]
+    app = make_app(config)
+    seen: list[str] = []
+    holder: dict[str, Any] = {}
+
+    @app.dynamic_task(name="bench_scale")
+    async def bench_scale(context: Any) -> None:
+        seen.append(context.task.name)
+        if len(seen) >= due:
+            holder["ctx"].shutdown()
+
+    claims: list[float] = []
+    async with app.create() as ctx:
+        holder["ctx"] = ctx
+        repository = ctx._repository
+        now = datetime.datetime.now(UTC)
+        later = now + datetime.timedelta(days=1)
+        past = now - datetime.timedelta(seconds=1)
+        future_spec = bench_scale.instantiate("x", {"execute_at": later}).spec()
+        due_spec = bench_scale.instantiate("x", {"execute_at": past}).spec()
+        lease = bench_scale.lease_duration
+        setup_started = time.perf_counter()
+        chunk = config.get("setup_chunk", 1000)
+        future = stored - due
+        for start in range(0, future, chunk):
+            regs = [
+                Registration(f"f{i:08d}", future_spec, later, lease)
+                for i in range(start, min(future, start + chunk))
+            ]
+            await repository.register("bench_scale", regs, now=now, force=False)
+        regs = [Registration(f"d{i:08d}", due_spec, past, lease) for i in range(due)]
+        for start in range(0, due, chunk):
+            await repository.register(
+                "bench_scale", regs[start : start + chunk], now=now, force=False
+            )
+        setup_s = time.perf_counter() - setup_started
+
+        claim = repository.claim
+
+        async def timed_claim(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return await claim(*args, **kwargs)
+            finally:
+                claims.append((time.perf_counter() - started) * 1000)
+
+        repository.claim = timed_claim
+        run_started = time.perf_counter()
+        asyncio.get_running_loop().call_later(config.get("timeout", 600), ctx.shutdown)
+        await ctx.run()
+        drain_s = time.perf_counter() - run_started
+    ordered = sorted(claims[:-1] if len(claims) > 1 else claims)  # last claim finds nothing
+    return {
+        "setup_s": setup_s,
+        "executions": len(seen),
+        "drain_s": drain_s,
+        "claims": len(claims),
+        "claim_ms": {
+            "p50": percentile(ordered, 0.5),
+            "max": ordered[-1] if ordered else None,
+            "sum": sum(ordered),
+        },
+        "peak_rss_mib": peak_rss_mib(),
+    }
+
+
+SCENARIOS = {
+    "drain": drain,
+    "setup": setup_only,
+    "steady": steady,
+    "register": register,
+    "scale": scale,
+}
+
+
+def main() -> None:
+    with open(sys.argv[1]) as source:
+        config = json.load(source)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    result = asyncio.run(SCENARIOS[config["scenario"]](config))
+    for path, text in PROFILES:
+        with open(path, "w") as out:
+            out.write(text)
+    if "_names" in result:
+        with open(config["out"], "w") as out:
+            names = result.pop("_names")
+            json.dump({"names": names, "first": result["first"], "last": result["last"]}, out)
+    result["run_id"] = config.get("run_id") or uuid.uuid4().hex
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""Smoke test of the benchmark harness: tiny drain and steady runs must be correct."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+WORKER = Path(__file__).resolve().parent.parent / "benchmarks" / "worker.py"
+
+
+def load_worker() -> ModuleType:
+    """The worker is a standalone script (it also runs under Pyncette 1.1.0): load it
+    from its file and run its scenarios in this process, with a time limit."""
+    spec = importlib.util.spec_from_file_location("pyncette_benchmark_worker", WORKER)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_worker(config: dict[str, Any], tmp_path: Path) -> dict[str, Any]:
+    scenario = load_worker().SCENARIOS[config["scenario"]]
+
+    async def bounded() -> dict[str, Any]:
+        result: dict[str, Any] = await asyncio.wait_for(scenario(config), timeout=10)
+        return result
+
+    return asyncio.run(bounded())
+
+
+def options(backend: str, tmp_path: Path) -> dict[str, Any]:
+    return {"sqlite_database": str(tmp_path / "bench.db")} if backend == "sqlite" else {}
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_drain_runs_everything_once(kind: str, tmp_path: Path) -> None:
+    result = run_worker(
+        {
+            "scenario": "drain",
+            "backend": kind,
+            "options": options(kind, tmp_path),
+            "api": "bulk",
+            "n": 50,
+            "timeout": 15,
+        },
+        tmp_path,
+    )
+    assert result["executions"] == 50
+    assert result["unique"] == 50
+    assert result["duplicates"] == 0
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_steady_keeps_up(kind: str, tmp_path: Path) -> None:
+    result = run_worker(
+        {
+            "scenario": "steady",
+            "backend": kind,
+            "options": options(kind, tmp_path),
+            "api": "bulk",
+            "n": 50,
+            "interval": 0.4,
+            "duration": 1.0,
+            "poll_interval": 0.05,
+        },
+        tmp_path,
+    )
+    # Every instance runs every 0.4 s: at least two full rounds of all 50 in 1 s.
+    assert result["executions"] >= 100
+    assert result["lateness_ms"]["count"] > 0
