@@ -1,0 +1,237 @@
+"""Engines, dialect capabilities and the error edge of the SQL backend.
+
+Everything that differs between SQLite, PostgreSQL and MySQL/MariaDB at run time is
+decided here, once, when the first connection is made; the repository only reads the
+resulting :class:`Capabilities`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from sqlalchemy import Connection, Dialect, event, exc, text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from pyncette.errors import BackendUnavailableError
+
+T = TypeVar("T")
+logger = logging.getLogger(__name__)
+
+_ASYNC_DRIVERS = {
+    "postgres": ("postgresql", "asyncpg"),
+    "postgresql": ("postgresql", "asyncpg"),
+    "mysql": ("mysql", "asyncmy"),
+    "mariadb": ("mysql", "asyncmy"),
+    "sqlite": ("sqlite", "aiosqlite"),
+}
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+_NO_BEGIN = "pyncette_no_begin"
+MYSQL_LOCK_TIMEOUT_S = 120
+
+
+def normalize_url(url: str | URL, option: str = "url") -> URL:
+    """Parse ``url`` and point it at the asyncio driver pyncette uses for its dialect.
+
+    ``postgres://``, ``postgresql://`` and ``postgresql+asyncpg://`` all mean asyncpg;
+    ``mysql://`` / ``mariadb://`` mean asyncmy; ``sqlite://`` means aiosqlite.
+    """
+    try:
+        parsed = make_url(url)
+    except (exc.ArgumentError, ValueError, TypeError):
+        raise ValueError(f"{option} is not a database URL: {mask(url)}") from None
+    backend, _, driver = parsed.drivername.partition("+")
+    known = _ASYNC_DRIVERS.get(backend)
+    if known is None or driver not in ("", known[1]):
+        raise ValueError(
+            f"{option} must be a postgresql://, mysql:// or sqlite:// URL (driver asyncpg, "
+            f"asyncmy or aiosqlite), got {mask(parsed)}"
+        )
+    parsed = parsed.set(drivername="+".join(known))
+    if known[0] == "mysql" and "charset" not in parsed.query:
+        parsed = parsed.update_query_dict({"charset": "utf8mb4"})
+    return parsed
+
+
+def mask(url: object) -> str:
+    """``url`` as text with any password replaced by ``***``; safe for logs and errors."""
+    if isinstance(url, URL):
+        return url.render_as_string(hide_password=True)
+    try:
+        return make_url(str(url)).render_as_string(hide_password=True)
+    except Exception:
+        return "<unparseable URL>"
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What the connected database can do; decided once at start-up."""
+
+    one_statement_claim: bool
+    """``UPDATE … FROM (SELECT … FOR UPDATE SKIP LOCKED) … RETURNING`` may return
+    columns of the subquery (the row's claimable time before the update), so a claim
+    is one statement. PostgreSQL only; SQLite's RETURNING cannot see the FROM clause
+    and MySQL/MariaDB cannot return from an UPDATE at all."""
+    returning: bool
+    """``UPDATE`` and ``DELETE`` take ``RETURNING`` (PostgreSQL, SQLite 3.35+), so a
+    guarded batch write reports the rows it changed without locking them first."""
+    row_locks: bool
+    """``SELECT … FOR UPDATE`` locks rows. SQLite has no row locks; its transactions
+    start with ``BEGIN IMMEDIATE``, which serialises writers on the whole file."""
+    skip_locked: bool
+    """``FOR UPDATE SKIP LOCKED`` (PostgreSQL, MySQL 8, MariaDB 10.6+): concurrent
+    claims pass over each other's rows instead of queueing behind them."""
+    migration_lock: str
+    """How start-up migrations are serialised: ``advisory`` (PostgreSQL transaction
+    advisory lock), ``named`` (MySQL ``GET_LOCK``) or ``immediate`` (SQLite write lock)."""
+    autocommit: dict[str, Any]
+    """Execution options under which a single statement runs without ``BEGIN`` /
+    ``COMMIT`` round trips: ``AUTOCOMMIT`` isolation on PostgreSQL (client-side with
+    asyncpg); no ``BEGIN IMMEDIATE`` on SQLite. Empty on MySQL, where switching
+    autocommit costs more round trips than the ``COMMIT`` it saves."""
+
+
+def detect_capabilities(dialect: Dialect) -> Capabilities:
+    """Capabilities of an initialised (connected) dialect."""
+    if dialect.name == "postgresql":
+        return Capabilities(True, True, True, True, "advisory", {"isolation_level": "AUTOCOMMIT"})
+    if dialect.name in ("mysql", "mariadb"):
+        version = tuple(dialect.server_version_info or ())
+        minimum = (10, 6) if getattr(dialect, "is_mariadb", False) else (8, 0, 1)
+        return Capabilities(False, False, True, version >= minimum, "named", {})
+    if dialect.name == "sqlite":
+        returning = bool(dialect.update_returning and dialect.delete_returning)
+        return Capabilities(False, returning, False, False, "immediate", {_NO_BEGIN: True})
+    raise ValueError(f"Unsupported SQL dialect {dialect.name!r}")
+
+
+def create_engine(url: URL, *, pool_size: int) -> AsyncEngine:
+    """An async engine for a URL from :func:`normalize_url`.
+
+    No pre-ping (it would cost a round trip per call): a connection found dead is
+    retried once by the repository instead, see :func:`retry_dropped`. Every use ends its
+    transaction explicitly, so the pool does not roll back again on check-in.
+    """
+    options: dict[str, Any] = {"pool_reset_on_return": None}
+    if url.get_backend_name() == "sqlite":
+        engine = create_async_engine(url, pool_size=pool_size, max_overflow=0, **options)
+        _take_over_sqlite_transactions(engine)
+        return engine
+    if url.get_backend_name() == "mysql":
+        # READ COMMITTED: no gap locks, so concurrent registrations do not deadlock.
+        options.update(isolation_level="READ COMMITTED", pool_recycle=3600)
+    return create_async_engine(url, pool_size=pool_size, max_overflow=0, **options)
+
+
+def _take_over_sqlite_transactions(engine: AsyncEngine) -> None:
+    """WAL, a busy timeout, and ``BEGIN IMMEDIATE`` for every transaction.
+
+    The sqlite3 module's own transaction handling begins lazily and only before DML,
+    so a read-then-write transaction could fail to upgrade its lock when another
+    process wrote in between. Taking the write lock up front makes every transaction
+    serialisable across processes sharing the file; the busy timeout queues them.
+    """
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS:d}")
+            cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.execute("PRAGMA synchronous = NORMAL")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        if not connection.get_execution_options().get(_NO_BEGIN):
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _lock_key(table: str) -> int:
+    digest = hashlib.sha256(f"pyncette:{table}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+@contextmanager
+def migration_lock(connection: Connection, table: str, caps: Capabilities) -> Iterator[None]:
+    """Hold a database-wide lock named after ``table`` (call with no open transaction).
+
+    Instances starting at once against an empty database queue here, so exactly one of
+    them creates the table and the others find it done.
+    """
+    if caps.migration_lock == "advisory":
+        # released by the COMMIT that ends the migration transaction
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _lock_key(table)})
+        yield
+    elif caps.migration_lock == "named":
+        name = f"pyncette:{table}"
+        got = connection.execute(
+            text("SELECT GET_LOCK(:name, :timeout)"),
+            {"name": name, "timeout": MYSQL_LOCK_TIMEOUT_S},
+        ).scalar()
+        if got != 1:
+            raise BackendUnavailableError(f"Timed out waiting for the migration lock {name!r}")
+        try:
+            yield
+        finally:
+            connection.execute(text("SELECT RELEASE_LOCK(:name)"), {"name": name})
+            connection.commit()
+    else:
+        # the first statement's BEGIN IMMEDIATE takes SQLite's write lock
+        connection.execute(text("SELECT 1"))
+        yield
+
+
+async def retry_dropped(
+    engine: AsyncEngine, operation: Callable[[AsyncConnection], Awaitable[T]]
+) -> T:
+    """Run ``operation`` in a transaction of ``engine``; if the connection turns out to
+    be dead (a database restart, a connection the server killed), run it once more.
+
+    SQLAlchemy invalidates the whole pool when it sees a disconnect, so the second run
+    gets a fresh connection. A connection dropped *while* a statement ran may have
+    applied it; a repeated claim or commit then finds its rows already changed and
+    reports them as not claimed / lease lost, which the core handles.
+    """
+    for attempt in (1, 2):
+        try:
+            async with engine.begin() as conn:
+                return await operation(conn)
+        except exc.DBAPIError as error:
+            if attempt == 2 or not error.connection_invalidated:
+                raise
+            logger.info("Database connection was dropped; retrying on a new one")
+    raise AssertionError("unreachable")
+
+
+_UNAVAILABLE = (exc.OperationalError, exc.InterfaceError, exc.TimeoutError, OSError)
+
+
+@asynccontextmanager
+async def translate_errors(where: str) -> AsyncIterator[None]:
+    """The adapter edge: connection failures become :class:`BackendUnavailableError`.
+
+    ``where`` must already be masked. Driver messages name hosts and users but never
+    passwords; the message is built from them and the masked location only.
+    """
+    try:
+        yield
+    except exc.DBAPIError as error:
+        if not (error.connection_invalidated or isinstance(error, _UNAVAILABLE)):
+            raise
+        cause = error.orig if error.orig is not None else error
+        raise BackendUnavailableError(
+            f"{where} is unavailable: {type(cause).__name__}: {cause}"
+        ) from error
+    except _UNAVAILABLE as error:
+        raise BackendUnavailableError(
+            f"{where} is unavailable: {type(error).__name__}: {error}"
+        ) from error

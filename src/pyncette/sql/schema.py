@@ -1,0 +1,149 @@
+"""The task table, defined once for every SQL dialect.
+
+Layout and why:
+
+* ``(task_group, name)`` is the primary key: every call touches one group, and a
+  ``get`` / ``commit`` is a primary-key lookup.
+* Times are ``BIGINT`` microseconds since the Unix epoch (:class:`UtcMicros`). That is
+  unambiguous UTC on every dialect (no session time zone, no ``TIMESTAMP`` vs
+  ``DATETIME`` quirks), keeps microseconds, and makes ``locked_until = :now +
+  lease_duration_us`` plain integer arithmetic that every dialect evaluates alike.
+* ``due_at`` is the time the row becomes claimable: the lease expiry while the row is
+  locked (``locked_by`` set), ``scheduled_at`` otherwise. There is no separate
+  ``locked_until`` column: it *is* ``due_at`` while ``locked_by`` is set, so the two can
+  never disagree. The index ``(task_group, due_at)`` makes a claim a range scan over
+  the due rows only, and the group's next due time an index-only ``MIN``.
+* Names, groups and lease tokens compare byte for byte: on MySQL/MariaDB they are
+  ``VARBINARY`` holding UTF-8 (:class:`Utf8Bytes`), because every ``utf8mb4``
+  collation either folds case or pads trailing spaces, either of which would merge
+  distinct task names. The text ``spec`` column is ``MEDIUMTEXT`` there, as ``TEXT``
+  stops at 64 KiB.
+
+Alembic (``alembic/versions``) creates this table; ``make_table`` is what the
+repository queries and what the migration tests compare the database against.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Dialect,
+    Index,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+)
+from sqlalchemy.dialects import mysql
+from sqlalchemy.types import TypeDecorator, TypeEngine
+
+EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)  # noqa: UP017 (3.10)
+_MICROSECOND = datetime.timedelta(microseconds=1)
+
+MAX_TABLE_NAME = 47
+"""63 (PostgreSQL's identifier limit) minus the ``_alembic_version`` suffix."""
+_TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def validate_table_name(option: str, value: object) -> str:
+    """Return ``value`` if it is a plain SQL identifier, else raise ``ValueError``."""
+    if not isinstance(value, str) or not _TABLE_NAME.fullmatch(value):
+        raise ValueError(
+            f"{option} must be a plain identifier (letters, digits and underscores, not "
+            f"starting with a digit), got {value!r}"
+        )
+    if len(value) > MAX_TABLE_NAME:
+        raise ValueError(
+            f"{option} must be at most {MAX_TABLE_NAME} characters long, got {len(value)}"
+        )
+    return value
+
+
+def version_table_name(table: str) -> str:
+    """The table's own Alembic version table (never the application's ``alembic_version``)."""
+    return f"{table}_alembic_version"
+
+
+def due_index_name(table: str) -> str:
+    return f"ix_{table}_due_at"
+
+
+class UtcMicros(TypeDecorator[datetime.datetime]):
+    """An aware datetime stored as integer microseconds since the epoch, read back as UTC."""
+
+    impl = BigInteger
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime.datetime | None, dialect: Dialect) -> Any:
+        return None if value is None else (value - EPOCH) // _MICROSECOND
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime.datetime | None:
+        return None if value is None else EPOCH + datetime.timedelta(microseconds=value)
+
+
+class Micros(TypeDecorator[datetime.timedelta]):
+    """A duration stored as integer microseconds."""
+
+    impl = BigInteger
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime.timedelta | None, dialect: Dialect) -> Any:
+        return None if value is None else value // _MICROSECOND
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime.timedelta | None:
+        return None if value is None else datetime.timedelta(microseconds=value)
+
+
+class Utf8Bytes(TypeDecorator[str]):
+    """A string stored as its UTF-8 bytes in ``VARBINARY``: exact comparison, codepoint order."""
+
+    impl = mysql.VARBINARY
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> Any:
+        return None if value is None else value.encode()
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> str | None:
+        return None if value is None else bytes(value).decode()
+
+
+def key_type() -> TypeEngine[str]:
+    """Up to 255 characters, compared exactly (``VARBINARY`` of UTF-8 on MySQL/MariaDB)."""
+    return String(255).with_variant(Utf8Bytes(1020), "mysql", "mariadb")
+
+
+def text_type() -> TypeEngine[str]:
+    return Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
+
+
+TABLE_OPTIONS: dict[str, Any] = {
+    "mysql_engine": "InnoDB",
+    "mysql_charset": "utf8mb4",
+    "mysql_collate": "utf8mb4_bin",
+}
+
+
+def make_table(metadata: MetaData, name: str) -> Table:
+    """Define the task table ``name`` in ``metadata``."""
+    validate_table_name("table name", name)
+    return Table(
+        name,
+        metadata,
+        Column("task_group", key_type(), nullable=False),
+        Column("name", key_type(), nullable=False),
+        Column("spec", text_type(), nullable=True),
+        Column("scheduled_at", UtcMicros(), nullable=False),
+        Column("due_at", UtcMicros(), nullable=False),
+        Column("lease_duration_us", Micros(), nullable=False),
+        Column("locked_by", key_type(), nullable=True),
+        PrimaryKeyConstraint("task_group", "name"),
+        Index(due_index_name(name), "task_group", "due_at"),
+        quote=True,
+        **TABLE_OPTIONS,
+    )

@@ -1,0 +1,64 @@
+"""SQLite backend, and the default: without a database file it is the in-memory one."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.engine import URL
+
+from pyncette.memory import InMemoryRepository
+from pyncette.repository import Repository, check_options
+from pyncette.sql import open_sql_repository, validate_table_name
+
+MEMORY = ":memory:"
+
+
+@dataclass(frozen=True, slots=True)
+class SqliteSettings:
+    database: str
+    """A file path, or ``:memory:`` for the in-process repository."""
+    table_name: str
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any]) -> SqliteSettings:
+        check_options("sqlite_", options, {"sqlite_database", "sqlite_table_name"})
+        database = options.get("sqlite_database", MEMORY)
+        if database is None:
+            database = MEMORY
+        if isinstance(database, os.PathLike):
+            database = os.fspath(database)
+        if not isinstance(database, str) or not database:
+            raise ValueError(f"sqlite_database must be a file path or {MEMORY!r}, got {database!r}")
+        table = validate_table_name(
+            "sqlite_table_name", options.get("sqlite_table_name", "pyncette")
+        )
+        return cls(database, table)
+
+
+@asynccontextmanager
+async def sqlite_repository(**options: Any) -> AsyncIterator[Repository]:
+    """A repository in the SQLite file ``sqlite_database`` (table ``sqlite_table_name``).
+
+    With no file (``:memory:``, the default) nothing would outlive the process or be
+    shared with another one, so this yields the faster
+    :class:`~pyncette.memory.InMemoryRepository`, which has the same semantics. A file
+    may be shared by several apps and processes: it runs in WAL mode, and writers queue
+    on SQLite's lock (busy timeout) rather than fail.
+    """
+    settings = SqliteSettings.from_options(options)
+    if settings.database == MEMORY:
+        yield InMemoryRepository()
+        return
+    url = URL.create("sqlite+aiosqlite", database=settings.database)
+    async with open_sql_repository(
+        url,
+        table_name=settings.table_name,
+        skip_table_create=False,
+        pool_size=5,
+        option_prefix="sqlite_",
+    ) as repository:
+        yield repository

@@ -1,0 +1,355 @@
+"""Alembic migrations, start-up, options and connection robustness of the SQL backends."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import Connection, MetaData, inspect, text
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from backend_sql import (
+    MYSQL_HOST,
+    MYSQL_PASSWORD,
+    MYSQL_PORT,
+    MYSQL_USER,
+    fresh_mysql_database,
+    fresh_postgres_database,
+    mysql_options,
+    postgres_url,
+    unique_name,
+)
+from pyncette.errors import BackendUnavailableError
+from pyncette.mysql import mysql_repository
+from pyncette.postgres import postgres_repository
+from pyncette.repository import Repository
+from pyncette.sql import make_table, normalize_url
+from pyncette.sqlite import sqlite_repository
+from test_repository import T0, reg
+
+pytestmark = pytest.mark.anyio
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Target:
+    """One empty database of one dialect."""
+
+    name: str
+    url: str
+    """As a user would pass it to ``alembic -x url=...``."""
+    factory: Callable[..., AbstractAsyncContextManager[Repository]]
+    base_options: dict[str, Any]
+    prefix: str
+
+    def options(self, table: str, **extra: Any) -> dict[str, Any]:
+        return {**self.base_options, f"{self.prefix}table_name": table, **extra}
+
+    def engine(self) -> AsyncEngine:
+        return create_async_engine(normalize_url(self.url))
+
+
+def _sqlite(tmp_path: Path) -> Iterator[Target]:
+    path = tmp_path / "tasks.db"
+    yield Target(
+        "sqlite", f"sqlite:///{path}", sqlite_repository, {"sqlite_database": str(path)}, "sqlite_"
+    )
+
+
+def _postgres(tmp_path: Path) -> Iterator[Target]:
+    with fresh_postgres_database() as name:
+        url = postgres_url(name)
+        yield Target("postgres", url, postgres_repository, {"postgres_url": url}, "postgres_")
+
+
+def _mysql(tmp_path: Path) -> Iterator[Target]:
+    with fresh_mysql_database() as name:
+        password = f":{MYSQL_PASSWORD}" if MYSQL_PASSWORD else ""
+        url = f"mysql://{MYSQL_USER}{password}@{MYSQL_HOST}:{MYSQL_PORT}/{name}"
+        yield Target("mysql", url, mysql_repository, mysql_options(name), "mysql_")
+
+
+DIALECTS = {"sqlite": _sqlite, "postgres": _postgres, "mysql": _mysql}
+SERVERS = ["postgres", "mysql"]
+
+
+def _param(name: str) -> Any:
+    marks = [] if name == "sqlite" else [pytest.mark.service(name)]
+    return pytest.param(name, marks=marks, id=name)
+
+
+@pytest.fixture(params=[_param(name) for name in DIALECTS])
+def target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Target]:
+    yield from DIALECTS[request.param](tmp_path)
+
+
+@pytest.fixture(params=[_param(name) for name in SERVERS])
+def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Target]:
+    yield from DIALECTS[request.param](tmp_path)
+
+
+def _schema_diff(conn: Connection, table: str) -> list[Any]:
+    metadata = MetaData()
+    make_table(metadata, table)
+    context = MigrationContext.configure(
+        conn,
+        opts={
+            "version_table": f"{table}_alembic_version",
+            "include_name": lambda name, kind, _parents: kind != "table" or name == table,
+        },
+    )
+    diff: list[Any] = compare_metadata(context, metadata)
+    return diff
+
+
+def _tables(conn: Connection) -> list[str]:
+    return sorted(inspect(conn).get_table_names())
+
+
+async def _inspect(target: Target, fn: Callable[[Connection], Any]) -> Any:
+    engine = target.engine()
+    try:
+        async with engine.connect() as conn:
+            return await conn.run_sync(fn)
+    finally:
+        await engine.dispose()
+
+
+async def _execute(target: Target, statement: str) -> list[Any]:
+    engine = target.engine()
+    try:
+        async with engine.begin() as conn:
+            result = await conn.execute(text(statement))
+            return list(result.all()) if result.returns_rows else []
+    finally:
+        await engine.dispose()
+
+
+def _alembic(*args: str) -> subprocess.CompletedProcess[str]:
+    executable = shutil.which("alembic", path=str(Path(sys.executable).parent))
+    command = [executable] if executable else [sys.executable, "-m", "alembic"]
+    return subprocess.run(
+        [*command, *args], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+async def test_command_line_upgrade_matches_the_table_definition(target: Target) -> None:
+    table = unique_name()
+    # the application's own Alembic history must not be touched
+    await _execute(target, "CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)")
+    await _execute(target, "INSERT INTO alembic_version VALUES ('app_revision')")
+    done = _alembic("-x", f"url={target.url}", "-x", f"table={table}", "upgrade", "head")
+    assert done.returncode == 0, done.stderr
+    assert await _inspect(target, lambda c: _schema_diff(c, table)) == []
+    assert await _execute(target, f"SELECT version_num FROM {table}_alembic_version") == [("0001",)]
+    assert await _execute(target, "SELECT version_num FROM alembic_version") == [("app_revision",)]
+    # a table provisioned by hand is used as is
+    skip = {} if target.name == "sqlite" else {f"{target.prefix}skip_table_create": True}
+    async with target.factory(**target.options(table, **skip)) as repo:
+        assert await repo.get("g", "missing") is None
+
+
+async def test_start_up_upgrade_matches_the_table_definition(target: Target) -> None:
+    table = unique_name()
+    async with target.factory(**target.options(table)) as repo:
+        assert await repo.list("g", limit=1) is not None
+    assert await _inspect(target, lambda c: _schema_diff(c, table)) == []
+    assert await _inspect(target, _tables) == sorted([table, f"{table}_alembic_version"])
+    # starting again finds the table at head and changes nothing
+    async with target.factory(**target.options(table)):
+        pass
+    assert await _execute(target, f"SELECT version_num FROM {table}_alembic_version") == [("0001",)]
+
+
+async def test_skip_table_create_without_a_table_names_the_table_and_command(
+    server: Target,
+) -> None:
+    table = unique_name()
+    option = f"{server.prefix}skip_table_create"
+    with pytest.raises(ValueError, match=table) as raised:
+        async with server.factory(**server.options(table, **{option: True})):
+            pass
+    message = str(raised.value)
+    assert f"-x table={table} upgrade head" in message and "alembic -x url=" in message
+    assert option in message
+    assert await _inspect(server, _tables) == []
+
+
+async def test_ten_instances_starting_at_once_create_the_table_once(target: Target) -> None:
+    table = unique_name()
+
+    async def start() -> None:
+        async with target.factory(**target.options(table)) as repo:
+            await repo.get("g", "x")
+
+    await asyncio.gather(*(start() for _ in range(10)))
+    assert await _inspect(target, _tables) == sorted([table, f"{table}_alembic_version"])
+    assert await _execute(target, f"SELECT version_num FROM {table}_alembic_version") == [("0001",)]
+
+
+BAD_NAMES = ["", "1tasks", "tasks-x", "tasks x", 'x"; DROP TABLE y; --', "ünï", "t" * 48, 42]
+FACTORIES = {
+    "sqlite": (sqlite_repository, {"sqlite_database": "unused.db"}),
+    "postgres": (postgres_repository, {"postgres_url": "postgresql://nowhere.invalid/x"}),
+    "mysql": (mysql_repository, {"mysql_host": "nowhere.invalid", "mysql_database": "x"}),
+}
+
+
+@pytest.mark.parametrize("bad", BAD_NAMES)
+@pytest.mark.parametrize("backend_name", list(FACTORIES))
+async def test_bad_table_names_are_rejected_before_connecting(backend_name: str, bad: Any) -> None:
+    factory, options = FACTORIES[backend_name]
+    option = f"{backend_name}_table_name"
+    with pytest.raises(ValueError, match=option):
+        async with factory(**options, **{option: bad}):
+            pass
+
+
+async def test_memory_sqlite_still_validates_its_table_name() -> None:
+    with pytest.raises(ValueError, match="sqlite_table_name"):
+        async with sqlite_repository(sqlite_table_name="bad name"):
+            pass
+    async with sqlite_repository() as repo:
+        assert type(repo).__name__ == "InMemoryRepository"
+
+
+@pytest.mark.parametrize("backend_name", list(FACTORIES))
+async def test_unknown_options_of_the_backend_are_rejected(backend_name: str) -> None:
+    factory, options = FACTORIES[backend_name]
+    with pytest.raises(ValueError, match=f"{backend_name}_tabel_name"):
+        async with factory(**options, **{f"{backend_name}_tabel_name": "x"}):
+            pass
+
+
+SECRET = "s3cr3t-Pa55word"
+
+
+@pytest.mark.parametrize(
+    ("factory", "options"),
+    [
+        (postgres_repository, {"postgres_url": f"postgres://u:{SECRET}@127.0.0.1:9/db"}),
+        (
+            mysql_repository,
+            {
+                "mysql_host": "127.0.0.1",
+                "mysql_port": 9,
+                "mysql_database": "db",
+                "mysql_user": "u",
+                "mysql_password": SECRET,
+            },
+        ),
+    ],
+    ids=["postgres", "mysql"],
+)
+async def test_passwords_never_reach_errors_or_logs(
+    factory: Callable[..., AbstractAsyncContextManager[Repository]],
+    options: dict[str, Any],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(BackendUnavailableError) as raised:
+        async with factory(**options):
+            pass
+    chain: list[BaseException] = []
+    error: BaseException | None = raised.value
+    while error is not None:
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    assert all(SECRET not in str(e) and SECRET not in repr(e) for e in chain)
+    assert "***" in str(raised.value)
+    assert SECRET not in caplog.text
+
+
+def test_bad_urls_are_rejected_without_echoing_the_password() -> None:
+    with pytest.raises(ValueError, match="postgres_url") as raised:
+        normalize_url(f"oracle://u:{SECRET}@host/db", "postgres_url")
+    assert SECRET not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "url", ["postgres://u@h/db", "postgresql://u@h/db", "postgresql+asyncpg://u@h/db"]
+)
+def test_postgres_url_spellings_are_accepted(url: str) -> None:
+    assert normalize_url(url).drivername == "postgresql+asyncpg"
+
+
+@pytest.mark.service("postgres")
+async def test_postgres_scheme_connects(tmp_path: Path) -> None:
+    for target in _postgres(tmp_path):
+        url = target.url.replace("postgresql://", "postgres://")
+        async with postgres_repository(postgres_url=url, postgres_table_name="tasks") as repo:
+            assert await repo.get("g", "a") is None
+
+
+def test_mysql_repository_is_importable_from_the_postgres_module() -> None:
+    from pyncette.postgres import mysql_repository as from_postgres
+
+    assert from_postgres is mysql_repository
+
+
+KILL_OTHERS = {
+    "postgres": (
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    ),
+    "mysql": (
+        "SELECT id FROM information_schema.processlist WHERE db = DATABASE() "
+        "AND id <> CONNECTION_ID()"
+    ),
+}
+
+
+async def test_connections_dropped_by_the_server_are_survived(
+    server: Target, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="pyncette.sql")
+
+    async with server.factory(
+        **server.options(unique_name(), **{f"{server.prefix}pool_size": 3})
+    ) as repo:
+        await repo.register("g", [reg("a", T0)], now=T0, force=False)
+        # several pooled connections, then the server drops every one of them
+        await asyncio.gather(*(repo.get("g", "a") for _ in range(3)))
+        rows = await _execute(server, KILL_OTHERS[server.name])
+        if server.name == "mysql":
+            for (pid,) in rows:
+                await _execute(server, f"KILL {int(pid)}")
+        assert rows
+        for _ in range(4):
+            record = await repo.get("g", "a")
+            assert record is not None and record.name == "a"
+        assert await repo.register("g", [reg("b", T0)], now=T0, force=False) == []
+    assert "connection was dropped" in caplog.text
+
+
+async def test_concurrent_command_line_upgrades_in_separate_processes(target: Target) -> None:
+    table = unique_name()
+    executable = shutil.which("alembic", path=str(Path(sys.executable).parent))
+    command = [executable] if executable else [sys.executable, "-m", "alembic"]
+    args = ["-x", f"url={target.url}", "-x", f"table={table}", "upgrade", "head"]
+    processes = [
+        await asyncio.create_subprocess_exec(
+            *command,
+            *args,
+            cwd=ROOT,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        for _ in range(3)
+    ]
+    results = [await process.communicate() for process in processes]
+    assert [p.returncode for p in processes] == [0] * 3, [err.decode() for _, err in results]
+    assert await _inspect(target, _tables) == sorted([table, f"{table}_alembic_version"])
+    assert await _execute(target, f"SELECT version_num FROM {table}_alembic_version") == [("0001",)]
