@@ -9,7 +9,7 @@ import hashlib
 import pytest
 
 from backends import BackendConfig
-from harness import T0, FakeClock, make_app, running
+from harness import T0, CountingRepository, FakeClock, make_app, running
 from pyncette import Context, ExecutionMode
 from pyncette.errors import LeaseLostException, TaskLockedException
 from pyncette.task import default_partition_selector
@@ -297,3 +297,27 @@ async def test_schedule_task_validation(backend: BackendConfig, clock: FakeClock
             await ctx.unschedule_task(job)
         # nothing was stored by the failed calls
         assert len(await ctx.list_tasks(job)) == 0
+
+
+async def test_concurrent_schedule_task_calls_share_register_calls(
+    backend: BackendConfig, clock: FakeClock
+) -> None:
+    app = make_app(backend, clock, batch_size=50)
+
+    @app.dynamic_task()
+    async def job(context: Context) -> None: ...
+
+    async with app.create() as ctx:
+        repository = ctx.repository
+        assert isinstance(repository, CountingRepository)
+        before = repository.calls.get("register", 0)
+        # the same name twice in one round: both applied, in call order
+        await asyncio.gather(
+            *(ctx.schedule_task(job, f"n{i}", interval=60 * S, i=i) for i in range(120)),
+            ctx.schedule_task(job, "n0", interval=60 * S, i="updated"),
+        )
+        calls = repository.calls["register"] - before
+        assert calls <= 4  # 121 registrations in batches of at most 50
+        state = await ctx.get_task(job, "n0")
+        assert state is not None and state.task.args == {"i": "updated"}
+        assert len(await ctx.list_tasks(job, limit=500)) == 120

@@ -336,6 +336,68 @@ class _CommitBatcher:
             await asyncio.shield(self._flusher)
 
 
+class _RegisterBatcher:
+    """Concurrent ``schedule_task`` calls that arrive together share one ``register`` call
+    per group (a name appears at most once per call, so updates stay in order)."""
+
+    def __init__(self, ctx: PyncetteContext) -> None:
+        self._ctx = ctx
+        self._pending: list[tuple[str, bool, Registration, asyncio.Future[bool]]] = []
+        self._flusher: asyncio.Future[None] | None = None
+
+    async def register(self, group: str, registration: Registration, force: bool) -> bool:
+        """Register one row; ``False`` if it was left alone because it is locked."""
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._pending.append((group, force, registration, future))
+        if self._flusher is None:
+            self._flusher = asyncio.ensure_future(self._flush())
+        return await future
+
+    async def _flush(self) -> None:
+        try:
+            while self._pending:
+                await asyncio.sleep(0)  # let calls made in this round join the batch
+                pending, self._pending = self._pending, []
+                chunks: dict[
+                    tuple[str, bool], list[list[tuple[Registration, asyncio.Future[bool]]]]
+                ]
+                chunks = {}
+                names: dict[tuple[str, bool], set[str]] = {}
+                for group, force, registration, future in pending:
+                    key = (group, force)
+                    batches = chunks.setdefault(key, [[]])
+                    seen = names.setdefault(key, set())
+                    if registration.name in seen or len(batches[-1]) >= self._ctx._app.batch_size:
+                        batches.append([])
+                        seen.clear()
+                    batches[-1].append((registration, future))
+                    seen.add(registration.name)
+                for (group, force), batches in chunks.items():
+                    for batch in batches:
+                        await self._send(group, force, batch)
+        finally:
+            self._flusher = None
+
+    async def _send(
+        self, group: str, force: bool, batch: list[tuple[Registration, asyncio.Future[bool]]]
+    ) -> None:
+        ctx = self._ctx
+        try:
+            skipped = set(
+                await ctx._repository.register(
+                    group, [r for r, _ in batch], now=ctx._clock.now(), force=force
+                )
+            )
+        except Exception as exc:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for registration, future in batch:
+            if not future.done():
+                future.set_result(registration.name not in skipped)
+
+
 class PyncetteContext:
     """A running app: the poll loop plus the operations on dynamic tasks."""
 
@@ -361,6 +423,7 @@ class PyncetteContext:
         self._stopping = False
         self._forced = False
         self._commits = _CommitBatcher(self)
+        self._registrations = _RegisterBatcher(self)
         self._background_tasks: set[asyncio.Future[None]] = set()
         self.last_tick: datetime.datetime | None = None
         """When the poll loop last completed a tick (``None`` before the first)."""
@@ -660,7 +723,7 @@ class PyncetteContext:
         registration = Registration(
             instance_name, instance.spec(), scheduled_at, instance.lease_duration
         )
-        if await self._repository.register(group, [registration], now=now, force=force):
+        if not await self._registrations.register(group, registration, force):
             raise TaskLockedException(instance)
         self._note_due(group, scheduled_at)
         return instance
