@@ -229,6 +229,7 @@ def scenario_steady(services: Services, args: argparse.Namespace, report: Report
                             n=args.n,
                             interval=args.interval,
                             duration=args.duration,
+                            waves=args.waves,
                         )
                         if args.profile and python == OURS and rep == 0:
                             config["profile"] = os.path.join(args.profile, f"steady-{backend}.txt")
@@ -421,6 +422,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--poll-interval", type=float, default=1.0, help="seconds")
     parser.add_argument("--interval", type=float, default=2.0, help="steady: seconds")
     parser.add_argument("--duration", type=float, default=20.0, help="steady: seconds")
+    parser.add_argument(
+        "--waves",
+        type=int,
+        default=10,
+        help="steady: instances are added in this many waves over one interval (1 = all at once)",
+    )
     parser.add_argument("--stored", type=int, default=1_000_000, help="scale: big store")
     parser.add_argument("--due", type=int, default=1000, help="scale: due instances")
     parser.add_argument(

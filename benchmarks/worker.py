@@ -205,14 +205,24 @@ async def steady(config: dict[str, Any]) -> dict[str, Any]:
 
     async with app.create() as ctx:
         period = datetime.timedelta(seconds=interval)
+        waves = max(1, int(config.get("waves", 10)))
+        everyone = names("s", n)
+        running = asyncio.ensure_future(Profiled(config).run(ctx.run))
         setup_started = time.perf_counter()
-        await schedule_many(
-            config, ctx, bench_steady, {name: {"interval": period} for name in names("s", n)}
-        )
+        # Instances are added in waves across one interval, as users arrive over time, so
+        # their runs are spread over the interval instead of all falling due at once.
+        for wave in range(waves):
+            await schedule_many(
+                config,
+                ctx,
+                bench_steady,
+                {name: {"interval": period} for name in everyone[wave::waves]},
+            )
+            await asyncio.sleep(interval / waves)
         setup_s = time.perf_counter() - setup_started
         run_started = time.time()
         asyncio.get_running_loop().call_later(duration, ctx.shutdown)
-        await Profiled(config).run(ctx.run)
+        await running
     window_start, window_end = run_started + interval, run_started + duration
     lateness = sorted(
         (start - due) * 1000
