@@ -110,6 +110,7 @@ class Pyncette:
         self._tasks: dict[str, Task] = {}
         self._middlewares: list[MiddlewareFunc] = []
         self._fixtures: list[tuple[str, FixtureFunc]] = []
+        self._tick_observers: list[Callable[[float], None]] = []
 
     # -- declaring tasks --------------------------------------------------------------
 
@@ -465,6 +466,7 @@ class PyncetteContext:
             while not self._stopping:
                 self._wake.clear()
                 self._hint = None
+                tick_started = self._clock.now()
                 try:
                     wake_at, more = await self._tick()
                 except Exception:
@@ -477,6 +479,8 @@ class PyncetteContext:
                     continue
                 failures = 0
                 self.last_tick = self._clock.now()
+                for observer in self._app._tick_observers:
+                    observer((self.last_tick - tick_started).total_seconds())
                 if more:
                     await asyncio.sleep(0)
                     continue
