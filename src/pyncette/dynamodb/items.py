@@ -1,0 +1,176 @@
+"""How a row is laid out in a DynamoDB item.
+
+* ``partition_id`` (hash key): ``<prefix>:<group>``;
+* ``task_id`` (range key): the row name;
+* ``ready_at`` (range key of the ``ready_at`` local secondary index): the time the row
+  becomes claimable (``locked_until`` when locked, else ``scheduled_at``) as a
+  fixed-width UTC timestamp, then ``#`` and the row name, so the index is ordered by time
+  and ties are broken by name;
+* ``spec`` (absent for ``None``), ``scheduled_at``, ``locked_until`` (timestamps like
+  the above), ``lease_duration`` (a number of seconds), ``locked_by`` and ``version``,
+  a number every write increments, which claims are conditioned on.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime
+import json
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from pyncette.model import ContinuationToken, Lease
+from pyncette.repository import Record, Registration
+
+PARTITION_ID = "partition_id"
+TASK_ID = "task_id"
+READY_AT = "ready_at"
+INDEX_NAME = "ready_at"
+SPEC = "spec"
+SCHEDULED_AT = "scheduled_at"
+LEASE_DURATION = "lease_duration"
+LOCKED_BY = "locked_by"
+LOCKED_UNTIL = "locked_until"
+VERSION = "version"
+
+Item = dict[str, Any]
+"""An item in the low-level client's shape: ``{"name": {"S": "value"}, ...}``."""
+
+UTC = datetime.UTC
+ONE_MICROSECOND = datetime.timedelta(microseconds=1)
+_MAX_SORT_KEY_BYTES = 1024
+_TIMESTAMP_WIDTH = len("2030-01-01T00:00:00.000000Z")
+_READY_NAME_BYTES = _MAX_SORT_KEY_BYTES - _TIMESTAMP_WIDTH - 1
+
+
+def partition(prefix: str, group: str) -> str:
+    return f"{prefix}:{group}"
+
+
+def timestamp(at: datetime.datetime) -> str:
+    """Fixed-width UTC text (years 0001-9999) whose string order is time order."""
+    if at.tzinfo is None:
+        raise ValueError(f"naive datetime {at!r}; pyncette passes aware UTC datetimes")
+    return at.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+
+
+def parse_timestamp(text: str) -> datetime.datetime:
+    return datetime.datetime.fromisoformat(text)  # "Z" parses as UTC
+
+
+def ready_at(at: datetime.datetime, name: str) -> str:
+    """The index key; long names are cut to keep it within DynamoDB's 1024-byte limit
+    (the index does not need unique keys, the name only orders equal times)."""
+    encoded = name.encode()
+    if len(encoded) > _READY_NAME_BYTES:
+        name = encoded[:_READY_NAME_BYTES].decode(errors="ignore")
+    return f"{timestamp(at)}#{name}"
+
+
+def ready_bound(now: datetime.datetime) -> str:
+    """Index keys below this belong to rows claimable at ``now``."""
+    return timestamp(now + ONE_MICROSECOND)
+
+
+def seconds(duration: datetime.timedelta) -> str:
+    """Exact decimal seconds: ``"60"``, ``"1.5"``, ``"0.000001"``."""
+    micros = duration // ONE_MICROSECOND
+    sign = "-" if micros < 0 else ""
+    whole, fraction = divmod(abs(micros), 10**6)
+    return f"{sign}{whole}" if not fraction else f"{sign}{whole}.{fraction:06d}".rstrip("0")
+
+
+def parse_seconds(text: str) -> datetime.timedelta:
+    return datetime.timedelta(microseconds=int(Decimal(text).scaleb(6)))
+
+
+@dataclass(slots=True)
+class Row:
+    """A decoded item."""
+
+    name: str
+    spec: str | None
+    scheduled_at: datetime.datetime
+    lease_duration: datetime.timedelta
+    locked_by: Lease | None = None
+    locked_until: datetime.datetime | None = None
+    version: int = 0
+
+    @classmethod
+    def new(cls, registration: Registration) -> Row:
+        return cls(
+            registration.name,
+            registration.spec,
+            registration.scheduled_at,
+            registration.lease_duration,
+        )
+
+    @classmethod
+    def from_item(cls, item: Item) -> Row:
+        spec = item.get(SPEC)
+        locked_by = item.get(LOCKED_BY)
+        locked_until = item.get(LOCKED_UNTIL)
+        version = item.get(VERSION)
+        return cls(
+            name=item[TASK_ID]["S"],
+            spec=spec["S"] if spec is not None else None,
+            scheduled_at=parse_timestamp(item[SCHEDULED_AT]["S"]),
+            lease_duration=parse_seconds(item[LEASE_DURATION]["N"]),
+            locked_by=Lease(locked_by["S"]) if locked_by is not None else None,
+            locked_until=parse_timestamp(locked_until["S"]) if locked_until is not None else None,
+            version=int(version["N"]) if version is not None else 0,
+        )
+
+    @property
+    def due_at(self) -> datetime.datetime:
+        """When the row is (or was) claimable."""
+        return self.locked_until if self.locked_until is not None else self.scheduled_at
+
+    def record(self) -> Record:
+        return Record(self.name, self.spec, self.scheduled_at, self.locked_until, self.locked_by)
+
+    def to_item(self, partition_id: str) -> Item:
+        item: Item = {
+            PARTITION_ID: {"S": partition_id},
+            TASK_ID: {"S": self.name},
+            READY_AT: {"S": ready_at(self.due_at, self.name)},
+            SCHEDULED_AT: {"S": timestamp(self.scheduled_at)},
+            LEASE_DURATION: {"N": seconds(self.lease_duration)},
+            VERSION: {"N": str(self.version)},
+        }
+        if self.spec is not None:
+            item[SPEC] = {"S": self.spec}
+        if self.locked_by is not None:
+            item[LOCKED_BY] = {"S": self.locked_by}
+        if self.locked_until is not None:
+            item[LOCKED_UNTIL] = {"S": timestamp(self.locked_until)}
+        return item
+
+
+def key(partition_id: str, name: str) -> Item:
+    return {PARTITION_ID: {"S": partition_id}, TASK_ID: {"S": name}}
+
+
+def index_key(partition_id: str, item: Item) -> Item:
+    """The position of ``item`` in the ``ready_at`` index, for ``ExclusiveStartKey``."""
+    return {**key(partition_id, item[TASK_ID]["S"]), READY_AT: item[READY_AT]}
+
+
+def encode_token(name: str) -> ContinuationToken:
+    """The ``LastEvaluatedKey`` of a listing (its range key; the group supplies the
+    rest) as URL-safe base64 JSON."""
+    payload = json.dumps({TASK_ID: name}, ensure_ascii=False).encode()
+    return ContinuationToken(base64.urlsafe_b64encode(payload).decode("ascii"))
+
+
+def decode_token(token: ContinuationToken) -> str:
+    try:
+        payload = json.loads(base64.urlsafe_b64decode(token.encode("ascii")))
+        name = payload[TASK_ID]
+    except (ValueError, TypeError, KeyError, binascii.Error, UnicodeError):
+        name = None
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"Invalid continuation token {token!r}")
+    return name

@@ -1,0 +1,393 @@
+"""The lease interface on one DynamoDB table (item layout in :mod:`.items`)."""
+
+from __future__ import annotations
+
+import datetime
+import functools
+from collections.abc import Awaitable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import anyio
+
+from pyncette.dynamodb.client import Caller, ConditionFailed
+from pyncette.dynamodb.items import (
+    INDEX_NAME,
+    LOCKED_BY,
+    LOCKED_UNTIL,
+    PARTITION_ID,
+    READY_AT,
+    SCHEDULED_AT,
+    TASK_ID,
+    VERSION,
+    Item,
+    Row,
+    decode_token,
+    encode_token,
+    index_key,
+    key,
+    partition,
+    ready_at,
+    ready_bound,
+    timestamp,
+)
+from pyncette.errors import BackendUnavailableError
+from pyncette.model import ContinuationToken, Lease
+from pyncette.repository import ClaimResult, Commit, Page, Record, Registration, Repository
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+
+T = TypeVar("T")
+
+MAX_WRITE_ATTEMPTS = 10
+"""Read-modify-write rounds (register, unlock) before giving up under contention."""
+
+_ONE = {"N": "1"}
+
+
+class DynamoDBRepository(Repository):
+    """Each group is one partition of the table; claims read the ``ready_at`` local
+    secondary index in order and lock each candidate with an UpdateItem conditioned on
+    the version it read, so of two racing claims exactly one wins each row. Commits,
+    heartbeats and unlocks are conditioned on ``locked_by`` holding the caller's lease.
+    Writes of one call are sent concurrently, in worker threads."""
+
+    def __init__(self, client: DynamoDBClient, caller: Caller, table: str, prefix: str) -> None:
+        self.client = client
+        self.caller = caller
+        self.table = table
+        self.prefix = prefix
+
+    def _partition(self, group: str) -> str:
+        return partition(self.prefix, group)
+
+    async def _gather(self, calls: Sequence[Awaitable[T]]) -> list[T]:
+        """Await ``calls`` concurrently; results in order. Every call runs to its end even
+        if another fails (a write in flight cannot be taken back); then the first error
+        is raised."""
+        if len(calls) == 1:
+            return [await calls[0]]
+        results: list[Any] = [None] * len(calls)
+        errors: list[Exception] = []
+
+        async def run(index: int, call: Awaitable[T]) -> None:
+            try:
+                results[index] = await call
+            except Exception as exc:
+                errors.append(exc)
+
+        async with anyio.create_task_group() as tasks:
+            for index, call in enumerate(calls):
+                tasks.start_soon(run, index, call)
+        if errors:
+            raise errors[0]
+        return results
+
+    # -- claims -------------------------------------------------------------------------
+
+    async def claim(
+        self, group: str, *, now: datetime.datetime, limit: int, lease: Lease
+    ) -> ClaimResult:
+        partition_id = self._partition(group)
+        bound = ready_bound(now)
+        claimed: list[Record] = []
+        start: Item | None = None
+        while True:
+            want = limit - len(claimed)
+            items, more = await self._index_page(partition_id, want + 1, start)
+            candidates: list[Item] = []
+            for item in items[:want]:
+                if item[READY_AT]["S"] >= bound:
+                    break
+                candidates.append(item)
+            beyond = items[len(candidates) :]
+            if candidates:
+                locked = await self._gather(
+                    [self._lock(partition_id, item, now, lease) for item in candidates]
+                )
+                claimed.extend(record for record in locked if record is not None)
+            if len(claimed) < limit and candidates:
+                # Some candidates went to other instances: look further down the index
+                # unless it is known to hold nothing more that is due.
+                due_beyond = beyond[0][READY_AT]["S"] < bound if beyond else more
+                if due_beyond:
+                    start = index_key(partition_id, candidates[-1])
+                    continue
+            next_due = Row.from_item(beyond[0]).due_at if beyond else None
+            return ClaimResult(claimed, next_due)
+
+    async def _index_page(
+        self, partition_id: str, limit: int, start: Item | None
+    ) -> tuple[list[Item], bool]:
+        """Up to ``limit`` items of the partition in index order, after ``start``; and
+        whether DynamoDB stopped early (more items may follow)."""
+        request: dict[str, Any] = {
+            "TableName": self.table,
+            "IndexName": INDEX_NAME,
+            "KeyConditionExpression": "#pk = :pk",
+            "ExpressionAttributeNames": {"#pk": PARTITION_ID},
+            "ExpressionAttributeValues": {":pk": {"S": partition_id}},
+            "Limit": limit,
+            "ConsistentRead": True,
+        }
+        if start is not None:
+            request["ExclusiveStartKey"] = start
+        response = await self.caller(lambda: self.client.query(**request))
+        items: list[Item] = response.get("Items", [])
+        return items, "LastEvaluatedKey" in response
+
+    async def _lock(
+        self, partition_id: str, item: Item, now: datetime.datetime, lease: Lease
+    ) -> Record | None:
+        """Lock one candidate: write it back with the new lease, conditioned on the
+        version the query returned. The query projects every attribute, so a whole-item
+        put is exact (an UpdateItem costs the same capacity, but far more on moto)."""
+        row = Row.from_item(item)
+        if row.due_at > now:
+            return None
+        locked_until = now + row.lease_duration
+        locked = {
+            **item,
+            LOCKED_BY: {"S": lease},
+            LOCKED_UNTIL: {"S": timestamp(locked_until)},
+            READY_AT: {"S": ready_at(locked_until, row.name)},
+            VERSION: {"N": str(row.version + 1)},
+        }
+        try:
+            await self.caller(
+                lambda: self.client.put_item(
+                    TableName=self.table,
+                    Item=locked,
+                    ConditionExpression="#v = :v",
+                    ExpressionAttributeNames={"#v": VERSION},
+                    ExpressionAttributeValues={":v": {"N": str(row.version)}},
+                )
+            )
+        except ConditionFailed:
+            return None  # changed since the query: claimed, committed or re-registered
+        return Record(row.name, row.spec, row.scheduled_at, locked_until, lease)
+
+    # -- lease holders ------------------------------------------------------------------
+
+    async def commit(
+        self, group: str, commits: Sequence[Commit], *, now: datetime.datetime
+    ) -> list[str]:
+        if not commits:
+            return []
+        partition_id = self._partition(group)
+        applied = await self._gather([self._commit(partition_id, c) for c in commits])
+        return [c.name for c, ok in zip(commits, applied, strict=True) if not ok]
+
+    async def _commit(self, partition_id: str, commit: Commit) -> bool:
+        guard = {":lb": {"S": commit.lease}}
+        try:
+            if commit.next_at is None:
+                await self.caller(
+                    lambda: self.client.delete_item(
+                        TableName=self.table,
+                        Key=key(partition_id, commit.name),
+                        ConditionExpression="#lb = :lb",
+                        ExpressionAttributeNames={"#lb": LOCKED_BY},
+                        ExpressionAttributeValues=guard,
+                    )
+                )
+            else:
+                next_at = commit.next_at
+                await self.caller(
+                    lambda: self.client.update_item(
+                        TableName=self.table,
+                        Key=key(partition_id, commit.name),
+                        UpdateExpression="SET #sa = :sa, #ra = :ra REMOVE #lb, #lu ADD #v :one",
+                        ConditionExpression="#lb = :lb",
+                        ExpressionAttributeNames=_names("#sa", "#ra", "#lb", "#lu", "#v"),
+                        ExpressionAttributeValues={
+                            **guard,
+                            ":sa": {"S": timestamp(next_at)},
+                            ":ra": {"S": ready_at(next_at, commit.name)},
+                            ":one": _ONE,
+                        },
+                    )
+                )
+        except ConditionFailed:
+            return False
+        return True
+
+    async def extend(
+        self, group: str, name: str, lease: Lease, *, locked_until: datetime.datetime
+    ) -> bool:
+        try:
+            await self.caller(
+                lambda: self.client.update_item(
+                    TableName=self.table,
+                    Key=key(self._partition(group), name),
+                    UpdateExpression="SET #lu = :lu, #ra = :ra ADD #v :one",
+                    ConditionExpression="#lb = :lb",
+                    ExpressionAttributeNames=_names("#lu", "#ra", "#lb", "#v"),
+                    ExpressionAttributeValues={
+                        ":lb": {"S": lease},
+                        ":lu": {"S": timestamp(locked_until)},
+                        ":ra": {"S": ready_at(locked_until, name)},
+                        ":one": _ONE,
+                    },
+                )
+            )
+        except ConditionFailed:
+            return False
+        return True
+
+    async def unlock(self, group: str, name: str, lease: Lease) -> bool:
+        partition_id = self._partition(group)
+        # The index key goes back to scheduled_at, which only a read can tell; the write
+        # is then conditioned on both the lease and the scheduled_at it was computed from.
+        row = await self._read(partition_id, name)
+        for _ in range(MAX_WRITE_ATTEMPTS):
+            if row is None or row.locked_by != lease:
+                return False
+            scheduled_at = row.scheduled_at
+            try:
+                await self.caller(
+                    functools.partial(
+                        self.client.update_item,
+                        TableName=self.table,
+                        Key=key(partition_id, name),
+                        UpdateExpression="SET #ra = :ra REMOVE #lb, #lu ADD #v :one",
+                        ConditionExpression="#lb = :lb AND #sa = :sa",
+                        ExpressionAttributeNames=_names("#ra", "#lb", "#lu", "#v", "#sa"),
+                        ExpressionAttributeValues={
+                            ":lb": {"S": lease},
+                            ":sa": {"S": timestamp(scheduled_at)},
+                            ":ra": {"S": ready_at(scheduled_at, name)},
+                            ":one": _ONE,
+                        },
+                        ReturnValuesOnConditionCheckFailure="ALL_OLD",
+                    )
+                )
+            except ConditionFailed as refused:
+                row = Row.from_item(refused.item) if refused.item else None
+                continue
+            return True
+        raise BackendUnavailableError(
+            f"DynamoDB {self.caller.where}: unlock of {name!r} kept racing"
+        )
+
+    # -- registration -------------------------------------------------------------------
+
+    async def register(
+        self,
+        group: str,
+        registrations: Sequence[Registration],
+        *,
+        now: datetime.datetime,
+        force: bool,
+    ) -> list[str]:
+        if not registrations:
+            return []
+        partition_id = self._partition(group)
+        untouched = await self._gather(
+            [self._register(partition_id, r, now, force) for r in registrations]
+        )
+        return [r.name for r, skipped in zip(registrations, untouched, strict=True) if skipped]
+
+    async def _register(
+        self, partition_id: str, registration: Registration, now: datetime.datetime, force: bool
+    ) -> bool:
+        """Create or update one row; ``True`` if a live lease left it untouched.
+
+        The first write assumes the row is new; if it exists, DynamoDB returns it with the
+        refusal and the update is written conditioned on the version seen."""
+        row = Row.new(registration)
+        old: Row | None = None
+        for _ in range(MAX_WRITE_ATTEMPTS):
+            if old is None:
+                row.version = 1
+                condition = "attribute_not_exists(#tid)"
+                names = {"#tid": TASK_ID}
+                values: dict[str, Any] = {}
+            else:
+                if old.locked_until is not None and old.locked_until > now and not force:
+                    return True
+                row.scheduled_at = min(old.scheduled_at, registration.scheduled_at)
+                row.version = old.version + 1
+                condition = "#v = :v"
+                names = {"#v": VERSION}
+                values = {":v": {"N": str(old.version)}}
+            request: dict[str, Any] = {
+                "TableName": self.table,
+                "Item": row.to_item(partition_id),
+                "ConditionExpression": condition,
+                "ExpressionAttributeNames": names,
+                "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+            }
+            if values:
+                request["ExpressionAttributeValues"] = values
+            try:
+                await self.caller(functools.partial(self.client.put_item, **request))
+            except ConditionFailed as refused:
+                old = Row.from_item(refused.item) if refused.item else None
+                continue
+            return False
+        raise BackendUnavailableError(
+            f"DynamoDB {self.caller.where}: registering {registration.name!r} kept racing"
+        )
+
+    async def unregister(self, group: str, name: str) -> bool:
+        response = await self.caller(
+            lambda: self.client.delete_item(
+                TableName=self.table, Key=key(self._partition(group), name), ReturnValues="ALL_OLD"
+            )
+        )
+        return "Attributes" in response
+
+    # -- reads --------------------------------------------------------------------------
+
+    async def _read(self, partition_id: str, name: str) -> Row | None:
+        response = await self.caller(
+            lambda: self.client.get_item(
+                TableName=self.table, Key=key(partition_id, name), ConsistentRead=True
+            )
+        )
+        item = response.get("Item")
+        return Row.from_item(item) if item is not None else None
+
+    async def get(self, group: str, name: str) -> Record | None:
+        row = await self._read(self._partition(group), name)
+        return row.record() if row is not None else None
+
+    async def list(
+        self,
+        group: str,
+        *,
+        limit: int,
+        continuation_token: ContinuationToken | None = None,
+    ) -> Page:
+        partition_id = self._partition(group)
+        request: dict[str, Any] = {
+            "TableName": self.table,
+            "KeyConditionExpression": "#pk = :pk",
+            "ExpressionAttributeNames": {"#pk": PARTITION_ID},
+            "ExpressionAttributeValues": {":pk": {"S": partition_id}},
+            "Limit": limit + 1,  # one more, to know whether a next page exists
+            "ConsistentRead": True,
+        }
+        if continuation_token is not None:
+            request["ExclusiveStartKey"] = key(partition_id, decode_token(continuation_token))
+        response = await self.caller(lambda: self.client.query(**request))
+        items: list[Item] = response.get("Items", [])
+        page = items[:limit]
+        token = None
+        if page and (len(items) > limit or "LastEvaluatedKey" in response):
+            token = encode_token(page[-1][TASK_ID]["S"])
+        return Page([Row.from_item(item).record() for item in page], token)
+
+
+_NAMES = {
+    "#sa": SCHEDULED_AT,
+    "#ra": READY_AT,
+    "#lb": LOCKED_BY,
+    "#lu": LOCKED_UNTIL,
+    "#v": VERSION,
+}
+
+
+def _names(*aliases: str) -> dict[str, str]:
+    return {alias: _NAMES[alias] for alias in aliases}

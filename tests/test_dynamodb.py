@@ -1,0 +1,420 @@
+"""Start-up, table schema, options, credentials and error handling of the DynamoDB backend,
+against the session's moto server (see ``backend_dynamodb.py``)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import json
+import logging
+import re
+import socket
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+from botocore.awsrequest import AWSResponse
+
+from backend_dynamodb import (
+    REGION,
+    delete_table,
+    isolate_aws_env,
+    moto_client,
+    unique_table,
+)
+from pyncette.dynamodb import (
+    DynamoDBRepository,
+    DynamoDBTableError,
+    RetryPolicy,
+    dynamodb_repository,
+    table_definition,
+)
+from pyncette.dynamodb.client import DUMMY_CREDENTIALS
+from pyncette.errors import BackendUnavailableError
+from pyncette.model import ContinuationToken, Lease
+from pyncette.repository import Commit
+from test_repository import LEASE, T0, A, reg
+
+pytestmark = [pytest.mark.anyio, pytest.mark.service("dynamodb")]
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "backends" / "dynamodb.md"
+
+# The schema block of the user's backends.rst, restated.
+BACKENDS_RST_SCHEMA: dict[str, Any] = {
+    "AttributeDefinitions": [
+        {"AttributeName": "partition_id", "AttributeType": "S"},
+        {"AttributeName": "ready_at", "AttributeType": "S"},
+        {"AttributeName": "task_id", "AttributeType": "S"},
+    ],
+    "KeySchema": [
+        {"AttributeName": "partition_id", "KeyType": "HASH"},
+        {"AttributeName": "task_id", "KeyType": "RANGE"},
+    ],
+    "LocalSecondaryIndexes": [
+        {
+            "IndexName": "ready_at",
+            "KeySchema": [
+                {"AttributeName": "partition_id", "KeyType": "HASH"},
+                {"AttributeName": "ready_at", "KeyType": "RANGE"},
+            ],
+            "Projection": {"ProjectionType": "ALL"},
+        }
+    ],
+}
+
+
+def documented_schema() -> dict[str, Any]:
+    """The ```json block of docs/backends/dynamodb.md."""
+    blocks = re.findall(r"```json\n(.*?)```", DOC.read_text("utf-8"), re.DOTALL)
+    assert len(blocks) == 1
+    schema: dict[str, Any] = json.loads(blocks[0])
+    return schema
+
+
+@pytest.fixture
+def endpoint(dynamodb_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    isolate_aws_env(monkeypatch)
+    return dynamodb_server
+
+
+@pytest.fixture
+def table(endpoint: str) -> Iterator[str]:
+    name = unique_table()
+    yield name
+    delete_table(endpoint, name)
+
+
+def options(endpoint: str, table: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "dynamodb_endpoint": endpoint,
+        "dynamodb_region_name": REGION,
+        "dynamodb_table_name": table,
+        **extra,
+    }
+
+
+@asynccontextmanager
+async def open_repo(endpoint: str, table: str, **extra: Any) -> AsyncIterator[DynamoDBRepository]:
+    async with dynamodb_repository(**options(endpoint, table, **extra)) as repository:
+        assert isinstance(repository, DynamoDBRepository)
+        yield repository
+
+
+def described(endpoint: str, table: str) -> dict[str, Any]:
+    client = moto_client(endpoint)
+    try:
+        return dict(client.describe_table(TableName=table)["Table"])
+    finally:
+        client.close()
+
+
+def create_by_hand(endpoint: str, table: str, schema: dict[str, Any]) -> None:
+    client = moto_client(endpoint)
+    try:
+        client.create_table(TableName=table, BillingMode="PAY_PER_REQUEST", **schema)
+    finally:
+        client.close()
+
+
+# -- the table ---------------------------------------------------------------------------
+
+
+def test_documented_schemas_agree() -> None:
+    assert documented_schema() == BACKENDS_RST_SCHEMA == table_definition()
+
+
+async def test_created_table_matches_the_documented_schema(endpoint: str, table: str) -> None:
+    async with open_repo(endpoint, table):
+        pass
+    found = described(endpoint, table)
+    schema = BACKENDS_RST_SCHEMA
+    assert found["TableStatus"] == "ACTIVE"
+    assert found["BillingModeSummary"]["BillingMode"] == "PAY_PER_REQUEST"
+    assert sorted(found["AttributeDefinitions"], key=str) == sorted(
+        schema["AttributeDefinitions"], key=str
+    )
+    assert found["KeySchema"] == schema["KeySchema"]
+    assert [
+        {key: index[key] for key in ("IndexName", "KeySchema", "Projection")}
+        for index in found["LocalSecondaryIndexes"]
+    ] == schema["LocalSecondaryIndexes"]
+    assert not found.get("GlobalSecondaryIndexes")
+
+
+async def test_table_created_by_hand_with_skip_table_create(endpoint: str, table: str) -> None:
+    create_by_hand(endpoint, table, documented_schema())
+    async with open_repo(endpoint, table, dynamodb_skip_table_create=True) as repo:
+        await repo.register("g", [reg("a", T0), reg("b", T0 + LEASE)], now=T0, force=False)
+        result = await repo.claim("g", now=T0, limit=10, lease=A)
+        assert [r.name for r in result.records] == ["a"]
+        assert result.next_due_at == T0 + LEASE
+
+
+async def test_skip_table_create_without_a_table_fails_naming_it(endpoint: str, table: str) -> None:
+    with pytest.raises(DynamoDBTableError, match=re.escape(repr(table))):
+        async with open_repo(endpoint, table, dynamodb_skip_table_create=True):
+            pass
+    client = moto_client(endpoint)
+    try:
+        assert table not in client.list_tables()["TableNames"]
+    finally:
+        client.close()
+
+
+async def test_a_table_without_the_index_is_refused(endpoint: str, table: str) -> None:
+    schema = {
+        key: value for key, value in BACKENDS_RST_SCHEMA.items() if key != "LocalSecondaryIndexes"
+    }
+    schema["AttributeDefinitions"] = [
+        a for a in schema["AttributeDefinitions"] if a["AttributeName"] != "ready_at"
+    ]
+    create_by_hand(endpoint, table, schema)
+    with pytest.raises(DynamoDBTableError, match="no local secondary index 'ready_at'"):
+        async with open_repo(endpoint, table):
+            pass
+
+
+async def test_instances_starting_together_all_start(
+    endpoint: str, table: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="pyncette.dynamodb")
+
+    async def start(i: int) -> None:
+        async with open_repo(endpoint, table) as repo:
+            await repo.register("g", [reg(f"t{i}", T0)], now=T0, force=False)
+
+    await asyncio.gather(*(start(i) for i in range(6)))
+    assert [r.getMessage() for r in caplog.records].count(f"Created DynamoDB table {table!r}") == 1
+    async with open_repo(endpoint, table) as repo:
+        assert len((await repo.list("g", limit=10)).records) == 6
+
+
+async def test_items_are_laid_out_as_documented(endpoint: str, table: str) -> None:
+    async with open_repo(endpoint, table, dynamodb_partition_prefix="app") as repo:
+        at = T0 + datetime.timedelta(microseconds=5)
+        await repo.register("grp:1", [reg("a", at, '{"x": 1}')], now=T0, force=False)
+        client = moto_client(endpoint)
+        try:
+            key = {"partition_id": {"S": "app:grp:1"}, "task_id": {"S": "a"}}
+            item = client.get_item(TableName=table, Key=key)["Item"]
+            assert item["ready_at"] == {"S": "2030-01-01T00:00:00.000005Z#a"}
+            assert item["scheduled_at"] == {"S": "2030-01-01T00:00:00.000005Z"}
+            assert item["lease_duration"] == {"N": "60"}
+            assert item["spec"] == {"S": '{"x": 1}'}
+            assert "locked_by" not in item and "locked_until" not in item
+            await repo.claim("grp:1", now=at, limit=1, lease=A)
+            item = client.get_item(TableName=table, Key=key)["Item"]
+            assert item["locked_by"] == {"S": A}
+            assert item["locked_until"] == {"S": "2030-01-01T00:01:00.000005Z"}
+            assert item["ready_at"] == {"S": "2030-01-01T00:01:00.000005Z#a"}
+            assert int(item["version"]["N"]) == 2
+        finally:
+            client.close()
+
+
+async def test_partition_prefixes_keep_apps_apart(endpoint: str, table: str) -> None:
+    async with (
+        open_repo(endpoint, table, dynamodb_partition_prefix="one") as one,
+        open_repo(endpoint, table, dynamodb_partition_prefix="two") as two,
+    ):
+        await one.register("g", [reg("a", T0)], now=T0, force=False)
+        assert await two.get("g", "a") is None
+        assert (await two.claim("g", now=T0, limit=10, lease=A)).records == []
+        assert [r.name for r in (await one.claim("g", now=T0, limit=10, lease=A)).records] == ["a"]
+
+
+# -- options -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"dynamodb_table_name": "ab"}, "dynamodb_table_name"),
+        ({"dynamodb_table_name": "no spaces"}, "dynamodb_table_name"),
+        ({"dynamodb_table_name": "x" * 256}, "dynamodb_table_name"),
+        ({"dynamodb_partition_prefix": "a:b"}, "dynamodb_partition_prefix"),
+        ({"dynamodb_partition_prefix": ""}, "dynamodb_partition_prefix"),
+        ({"dynamodb_region_name": "EU WEST"}, "dynamodb_region_name"),
+        ({"dynamodb_endpoint": "localhost:8000"}, "dynamodb_endpoint"),
+        ({"dynamodb_skip_table_create": "yes"}, "dynamodb_skip_table_create"),
+        ({"dynamodb_tabel_name": "pyncette"}, "dynamodb_tabel_name"),
+    ],
+)
+async def test_invalid_options_name_the_option(
+    endpoint: str, extra: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        async with dynamodb_repository(**{**options(endpoint, "pyncette"), **extra}):
+            pass
+
+
+async def test_other_backends_options_are_ignored(endpoint: str, table: str) -> None:
+    async with dynamodb_repository(**options(endpoint, table), redis_url="redis://x"):
+        pass
+
+
+async def test_a_region_is_required_without_an_endpoint(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    isolate_aws_env(monkeypatch)
+    with pytest.raises(ValueError, match="dynamodb_region_name"):
+        async with dynamodb_repository():
+            pass
+
+
+# -- credentials -------------------------------------------------------------------------
+
+
+def signing_key(repo: DynamoDBRepository) -> str:
+    credentials = repo.client._request_signer._credentials  # type: ignore[attr-defined]
+    return cast(str, credentials.access_key)
+
+
+async def test_no_credentials_at_all_with_an_endpoint_uses_dummy_ones(
+    dynamodb_server: str, monkeypatch: pytest.MonkeyPatch, table: str
+) -> None:
+    isolate_aws_env(monkeypatch, credentials=False)
+    async with dynamodb_repository(
+        dynamodb_endpoint=dynamodb_server, dynamodb_table_name=table
+    ) as repository:
+        repo = cast(DynamoDBRepository, repository)
+        assert signing_key(repo) == DUMMY_CREDENTIALS[0]
+        assert repo.client.meta.region_name == "us-east-1"
+        await repo.register("g", [reg("a", T0)], now=T0, force=False)
+        assert await repo.get("g", "a") is not None
+
+
+async def test_ambient_credentials_are_used_when_present(endpoint: str, table: str) -> None:
+    async with open_repo(endpoint, table) as repo:
+        assert signing_key(repo) == "testing"
+
+
+# -- errors ------------------------------------------------------------------------------
+
+
+def inject_errors(repo: DynamoDBRepository, operation: str, code: str, times: int) -> list[str]:
+    """Make the next ``times`` ``operation`` calls of the repository's real client fail
+    with ``code`` (through botocore's before-call event, as botocore's Stubber does);
+    later calls reach the server. Returns a list that records each injected error."""
+    injected: list[str] = []
+
+    def fail(**kwargs: Any) -> tuple[AWSResponse, dict[str, Any]] | None:
+        if len(injected) >= times:
+            return None
+        injected.append(code)
+        response = AWSResponse("http://injected", 400, {}, None)  # type: ignore[arg-type]
+        parsed = {
+            "Error": {"Code": code, "Message": "injected by the test"},
+            "ResponseMetadata": {"HTTPStatusCode": 400},
+        }
+        return response, parsed
+
+    # A before-call handler may return a response (the stubs say it returns None).
+    repo.client.meta.events.register(f"before-call.dynamodb.{operation}", fail)  # type: ignore[arg-type]
+    return injected
+
+
+@pytest.mark.parametrize(
+    "code",
+    ["ProvisionedThroughputExceededException", "ThrottlingException", "RequestLimitExceeded"],
+)
+async def test_throttling_is_retried(endpoint: str, table: str, code: str) -> None:
+    async with open_repo(endpoint, table) as repo:
+        repo.caller.retry = RetryPolicy(base=0.001)
+        injected = inject_errors(repo, "PutItem", code, times=3)
+        assert await repo.register("g", [reg("a", T0)], now=T0, force=False) == []
+        assert injected == [code] * 3
+        assert await repo.get("g", "a") is not None
+
+
+async def test_throttling_that_never_ends_is_backend_unavailable(endpoint: str, table: str) -> None:
+    async with open_repo(endpoint, table) as repo:
+        repo.caller.retry = RetryPolicy(attempts=4, base=0.001)
+        injected = inject_errors(repo, "Query", "ThrottlingException", times=100)
+        with pytest.raises(BackendUnavailableError, match="ThrottlingException"):
+            await repo.claim("g", now=T0, limit=10, lease=A)
+        assert len(injected) == 4
+
+
+async def test_other_client_errors_are_not_retried(endpoint: str, table: str) -> None:
+    async with open_repo(endpoint, table) as repo:
+        injected = inject_errors(repo, "GetItem", "ValidationException", times=100)
+        with pytest.raises(Exception, match="ValidationException"):
+            await repo.get("g", "a")
+        assert len(injected) == 1
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+async def test_unreachable_endpoint_is_backend_unavailable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    isolate_aws_env(monkeypatch)
+    with pytest.raises(BackendUnavailableError, match="Cannot reach DynamoDB"):
+        async with dynamodb_repository(
+            dynamodb_endpoint=f"http://127.0.0.1:{closed_port()}",
+            dynamodb_region_name=REGION,
+        ):
+            pass
+
+
+# -- claims under contention ---------------------------------------------------------------
+
+
+async def test_claim_looks_further_when_candidates_are_taken(endpoint: str, table: str) -> None:
+    """Another writer changes the first three candidates between the claim's query and its
+    conditional writes: those writes are refused and the claim takes the next rows."""
+    async with open_repo(endpoint, table) as repo:
+        names = [f"t{i}" for i in range(10)]
+        await repo.register(
+            "g", [reg(n, T0 + i * LEASE / 100) for i, n in enumerate(names)], now=T0, force=False
+        )
+        other = moto_client(endpoint)
+        raced: list[str] = []
+
+        def race(params: dict[str, Any], **kwargs: Any) -> None:
+            item = params.get("Item", {})
+            if "locked_by" in item and len(raced) < 3:
+                raced.append(item["task_id"]["S"])
+                other.update_item(
+                    TableName=table,
+                    Key={"partition_id": item["partition_id"], "task_id": item["task_id"]},
+                    UpdateExpression="ADD version :one",
+                    ExpressionAttributeValues={":one": {"N": "1"}},
+                )
+
+        repo.client.meta.events.register("before-parameter-build.dynamodb.PutItem", race)
+        try:
+            result = await repo.claim("g", now=T0 + LEASE, limit=5, lease=A)
+        finally:
+            other.close()
+        claimed = [r.name for r in result.records]
+        assert len(raced) == 3 and not set(raced) & set(claimed)
+        assert len(claimed) == 5
+        assert claimed == sorted(claimed, key=names.index)
+        assert result.next_due_at is not None and result.next_due_at <= T0 + LEASE
+
+
+async def test_list_rejects_a_foreign_token(endpoint: str, table: str) -> None:
+    async with open_repo(endpoint, table) as repo:
+        with pytest.raises(ValueError, match="continuation token"):
+            await repo.list("g", limit=5, continuation_token=ContinuationToken("not a token"))
+
+
+async def test_stale_commit_after_forced_register_is_refused(endpoint: str, table: str) -> None:
+    async with open_repo(endpoint, table) as repo:
+        await repo.register("g", [reg("a", T0)], now=T0, force=False)
+        await repo.claim("g", now=T0, limit=1, lease=A)
+        assert await repo.register("g", [reg("a", T0)], now=T0, force=True) == []
+        assert await repo.extend("g", "a", A, locked_until=T0 + LEASE) is False
+        assert await repo.unlock("g", "a", A) is False
+        assert await repo.commit("g", [], now=T0) == []
+        assert await repo.commit("g", [Commit("a", Lease("lease-a"), None)], now=T0) == ["a"]
+        assert await repo.get("g", "a") is not None
