@@ -69,7 +69,8 @@ async def test_at_most_once_never_retries(backend: BackendConfig, clock: FakeClo
 async def test_lease_expiry_lets_a_slow_run_overlap(
     backend: BackendConfig, clock: FakeClock
 ) -> None:
-    app = make_app(backend, clock)
+    # long horizon: the loop wakes on known due times, so a long poll interval is fine
+    app = make_app(backend, clock, poll_interval=datetime.timedelta(minutes=10))
     starts: list[datetime.datetime] = []
 
     @app.task(interval=100 * S, lease_duration=10 * S)
@@ -86,7 +87,8 @@ async def test_lease_expiry_lets_a_slow_run_overlap(
 async def test_cooperative_heartbeat_extends_the_lease(
     backend: BackendConfig, clock: FakeClock
 ) -> None:
-    app = make_app(backend, clock)
+    # long horizon: the loop wakes on known due times, so a long poll interval is fine
+    app = make_app(backend, clock, poll_interval=datetime.timedelta(minutes=10))
     starts: list[datetime.datetime] = []
     expiries: list[datetime.datetime | None] = []
 
@@ -108,7 +110,8 @@ async def test_cooperative_heartbeat_extends_the_lease(
 async def test_with_heartbeat_keeps_a_long_task_alive(
     backend: BackendConfig, clock: FakeClock
 ) -> None:
-    app = make_app(backend, clock)
+    # long horizon: the loop wakes on known due times, so a long poll interval is fine
+    app = make_app(backend, clock, poll_interval=datetime.timedelta(minutes=10))
     starts: list[datetime.datetime] = []
     finished: list[datetime.datetime] = []
 

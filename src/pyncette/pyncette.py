@@ -531,6 +531,9 @@ class PyncetteContext:
             result = await self._repository.claim(group, now=now, limit=limit, lease=lease)
             if result.records:
                 await self._dispatch(group, template, result.records, now)
+                # a run that neither commits nor unlocks is claimable again at its expiry
+                expiry = min(r.locked_until or wake_at for r in result.records)
+                wake_at = min(wake_at, expiry)
             if len(result.records) >= limit:
                 more = True
             elif result.next_due_at is not None and result.next_due_at < wake_at:
