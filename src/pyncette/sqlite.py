@@ -8,11 +8,9 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy.engine import URL
-
 from pyncette.memory import InMemoryRepository
 from pyncette.repository import Repository, check_options
-from pyncette.sql import open_sql_repository, validate_table_name
+from pyncette.sql.schema import validate_table_name
 
 MEMORY = ":memory:"
 
@@ -53,6 +51,12 @@ async def sqlite_repository(**options: Any) -> AsyncIterator[Repository]:
     if settings.database == MEMORY:
         yield InMemoryRepository()
         return
+    # SQLAlchemy and Alembic are imported only when a file is used: the in-memory
+    # default stays light, which also keeps the garbage collector's full passes short.
+    from sqlalchemy.engine import URL
+
+    from pyncette.sql import open_sql_repository
+
     url = URL.create("sqlite+aiosqlite", database=settings.database)
     async with open_sql_repository(
         url,
