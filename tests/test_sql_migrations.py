@@ -31,12 +31,13 @@ from backend_sql import (
     unique_name,
 )
 from pyncette.errors import BackendUnavailableError
+from pyncette.model import Lease
 from pyncette.mysql import mysql_repository
 from pyncette.postgres import postgres_repository
-from pyncette.repository import Repository
+from pyncette.repository import Commit, Repository
 from pyncette.sql import make_table, normalize_url
 from pyncette.sqlite import sqlite_repository
-from test_repository import T0, reg
+from test_repository import LEASE, T0, A, S, reg
 
 pytestmark = pytest.mark.anyio
 
@@ -353,3 +354,105 @@ async def test_concurrent_command_line_upgrades_in_separate_processes(target: Ta
     assert [p.returncode for p in processes] == [0] * 3, [err.decode() for _, err in results]
     assert await _inspect(target, _tables) == sorted([table, f"{table}_alembic_version"])
     assert await _execute(target, f"SELECT version_num FROM {table}_alembic_version") == [("0001",)]
+
+
+# -- batched writes under contention (one upsert per register chunk, optimistic commits)
+
+
+async def test_concurrent_registers_of_new_rows_keep_the_soonest_run(target: Target) -> None:
+    names = [f"task-{i:03d}" for i in range(250)]  # more than one chunk
+    async with target.factory(**target.options(unique_name(), **_pool(target, 6))) as repo:
+        # six writers race to create the same rows, each with its own run and spec
+        skipped = await asyncio.gather(
+            *(
+                repo.register(
+                    "g",
+                    [reg(n, T0 + k * S, spec=f"v{k}") for n in reversed(names)],
+                    now=T0,
+                    force=False,
+                )
+                for k in (3, 1, 5, 0, 4, 2)
+            )
+        )
+        assert skipped == [[]] * 6
+        page = await repo.list("g", limit=1000)
+        assert [r.name for r in page.records] == names
+        assert {r.scheduled_at for r in page.records} == {T0}
+        assert all(r.locked_by is None and r.spec is not None for r in page.records)
+
+
+async def test_register_racing_claims_never_overrides_a_live_lease(target: Target) -> None:
+    names = [f"task-{i:03d}" for i in range(120)]
+    async with target.factory(**target.options(unique_name(), **_pool(target, 4))) as repo:
+        await repo.register("g", [reg(n, T0) for n in names], now=T0, force=False)
+        lease = Lease("claimer")
+        claimed, skipped = await asyncio.gather(
+            repo.claim("g", now=T0 + 10 * S, limit=60, lease=lease),
+            repo.register(
+                "g", [reg(n, T0 - S, spec="new") for n in names], now=T0 + 10 * S, force=False
+            ),
+        )
+        assert len(claimed.records) == 60
+        for name in names:
+            record = await repo.get("g", name)
+            assert record is not None
+            if name in skipped:
+                # left untouched: still the claim's, old run and spec
+                assert record.locked_by == lease and record.scheduled_at == T0
+                assert record.spec is None
+            else:
+                # registered (then perhaps claimed): the sooner run and the new spec
+                assert record.scheduled_at == T0 - S and record.spec == "new"
+        assert set(skipped) <= {r.name for r in claimed.records}
+        # forcing takes every row back and clears the leases
+        assert await repo.register("g", [reg(n, T0) for n in names], now=T0, force=True) == []
+        page = await repo.list("g", limit=1000)
+        assert all(r.locked_by is None for r in page.records)
+        expected = {n: T0 if n in skipped else T0 - S for n in names}
+        assert {r.name: r.scheduled_at for r in page.records} == expected
+        assert await repo.commit("g", [Commit(n, lease, None) for n in skipped], now=T0) == skipped
+
+
+async def test_commits_report_exactly_the_rows_no_longer_held(target: Target) -> None:
+    async with target.factory(**target.options(unique_name())) as repo:
+        names = [f"task-{i:03d}" for i in range(10)]
+        await repo.register("g", [reg(n, T0) for n in names], now=T0, force=False)
+        first = await repo.claim("g", now=T0, limit=10, lease=Lease("first"))
+        assert len(first.records) == 10
+        # half expire and are taken by another lease; one is deleted
+        second = await repo.claim("g", now=T0 + 2 * LEASE, limit=4, lease=Lease("second"))
+        assert await repo.unregister("g", names[9])
+        stale = {r.name for r in second.records} | {names[9]}
+        commits = [
+            Commit(n, Lease("first"), None if i % 2 else T0 + LEASE) for i, n in enumerate(names)
+        ]
+        lost = await repo.commit("g", commits, now=T0 + 2 * LEASE)
+        assert sorted(lost) == sorted(stale)
+        for i, name in enumerate(names):
+            record = await repo.get("g", name)
+            if name in stale:
+                assert record is None or record.locked_by == Lease("second")
+            elif i % 2:
+                assert record is None
+            else:
+                assert record is not None and record.locked_by is None
+                assert record.scheduled_at == T0 + LEASE
+
+
+async def test_a_short_claim_reports_the_next_due_time(target: Target) -> None:
+    async with target.factory(**target.options(unique_name())) as repo:
+        await repo.register(
+            "g", [reg("a", T0), reg("b", T0 + S), reg("c", T0 + 5 * S)], now=T0, force=False
+        )
+        result = await repo.claim("g", now=T0 + S, limit=10, lease=A)
+        assert [r.name for r in result.records] == ["a", "b"]
+        assert result.next_due_at == T0 + 5 * S
+        result = await repo.claim("g", now=T0 + 5 * S, limit=10, lease=A)
+        assert [r.name for r in result.records] == ["c"]
+        assert result.next_due_at == T0 + S + LEASE  # the lease of "a" expires first
+        empty = await repo.claim("empty", now=T0, limit=10, lease=A)
+        assert empty.records == [] and empty.next_due_at is None
+
+
+def _pool(target: Target, size: int) -> dict[str, Any]:
+    return {} if target.name == "sqlite" else {f"{target.prefix}pool_size": size}

@@ -95,17 +95,36 @@ class Capabilities:
     ``COMMIT`` round trips: ``AUTOCOMMIT`` isolation on PostgreSQL (client-side with
     asyncpg); no ``BEGIN IMMEDIATE`` on SQLite. Empty on MySQL, where switching
     autocommit costs more round trips than the ``COMMIT`` it saves."""
+    array_params: bool = False
+    """Arrays bind as one parameter and ``unnest(:a, :b, …) AS v(…)`` joins them as rows
+    (PostgreSQL): a batch write is one fixed-shape statement with a few array
+    parameters, prepared once, instead of hundreds of scalar parameters."""
+    upsert_where: bool = True
+    """``INSERT … ON CONFLICT … DO UPDATE SET … WHERE …`` (PostgreSQL, SQLite 3.24+):
+    a registration updates only the rows it may and, with ``RETURNING``, reports them.
+    Otherwise (MySQL/MariaDB) ``INSERT … ON DUPLICATE KEY UPDATE`` with guarded
+    (``IF``) assignments, evaluated left to right."""
 
 
 def detect_capabilities(dialect: Dialect) -> Capabilities:
     """Capabilities of an initialised (connected) dialect."""
     if dialect.name == "postgresql":
-        return Capabilities(True, True, True, True, "advisory", {"isolation_level": "AUTOCOMMIT"})
+        return Capabilities(
+            True,
+            True,
+            True,
+            True,
+            "advisory",
+            {"isolation_level": "AUTOCOMMIT"},
+            array_params=True,
+        )
     if dialect.name in ("mysql", "mariadb"):
         version = tuple(dialect.server_version_info or ())
         minimum = (10, 6) if getattr(dialect, "is_mariadb", False) else (8, 0, 1)
-        return Capabilities(False, False, True, version >= minimum, "named", {})
+        return Capabilities(False, False, True, version >= minimum, "named", {}, upsert_where=False)
     if dialect.name == "sqlite":
+        if tuple(dialect.server_version_info or ()) < (3, 24):
+            raise ValueError("pyncette needs SQLite 3.24 or newer (INSERT … ON CONFLICT)")
         returning = bool(dialect.update_returning and dialect.delete_returning)
         return Capabilities(False, returning, False, False, "immediate", {_NO_BEGIN: True})
     raise ValueError(f"Unsupported SQL dialect {dialect.name!r}")
@@ -210,6 +229,20 @@ async def retry_dropped(
                 raise
             logger.info("Database connection was dropped; retrying on a new one")
     raise AssertionError("unreachable")
+
+
+_CONFLICTS = {1213, "40P01", "40001"}
+"""MySQL's deadlock error; PostgreSQL's deadlock and serialization-failure SQLSTATEs."""
+
+
+def is_conflict(error: exc.DBAPIError) -> bool:
+    """Whether the database rolled the transaction back as a deadlock victim or a
+    unique-key race, so that running it again is safe and likely to succeed."""
+    if isinstance(error, exc.IntegrityError):
+        return True
+    orig = error.orig
+    code = orig.args[0] if orig is not None and orig.args else None
+    return code in _CONFLICTS or getattr(orig, "sqlstate", None) in _CONFLICTS
 
 
 _UNAVAILABLE = (exc.OperationalError, exc.InterfaceError, exc.TimeoutError, OSError)

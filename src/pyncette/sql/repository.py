@@ -4,24 +4,28 @@ from __future__ import annotations
 
 import datetime
 import functools
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from sqlalchemy import Table
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from pyncette.model import ContinuationToken, Lease
 from pyncette.repository import ClaimResult, Commit, Page, Record, Registration, Repository
-from pyncette.sql.engine import Capabilities, retry_dropped, translate_errors
+from pyncette.sql.engine import Capabilities, is_conflict, retry_dropped, translate_errors
+from pyncette.sql.schema import MICROSECOND, to_micros
 from pyncette.sql.statements import Statements
 
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
 
 CHUNK = 200
 """Rows per statement in batched writes (keeps bound parameters well under every limit)."""
 REGISTER_ATTEMPTS = 5
-"""A registration racing another instance's insert of the same new row is retried."""
+"""A registration racing another instance's upsert of the same new rows can be chosen as
+a deadlock victim (InnoDB); it is rolled back and run again."""
 
 
 class SqlRepository(Repository):
@@ -32,17 +36,28 @@ class SqlRepository(Repository):
     is free. Dialect differences are the :class:`~pyncette.sql.engine.Capabilities`
     flags only:
 
-    * claim: on PostgreSQL one ``UPDATE … FROM (SELECT … ORDER BY due_at LIMIT n FOR
-      UPDATE SKIP LOCKED) RETURNING``; elsewhere ``SELECT … FOR UPDATE [SKIP LOCKED]``
-      then ``UPDATE … WHERE name IN (…)`` in one transaction (SQLite's ``BEGIN
-      IMMEDIATE`` stands in for row locks). Then an index-only ``MIN(due_at)`` gives
-      ``next_due_at``.
-    * commit: one ``UPDATE … SET scheduled_at = CASE WHEN name = … END`` plus one
-      ``DELETE`` per batch, both guarded by ``(name, locked_by) IN (…)``; with
-      ``RETURNING`` they report what they changed, otherwise (MySQL) the owned rows
-      are locked and read first in the same transaction.
-    * register: lock the existing rows, then one multi-row ``INSERT`` for the new ones
-      and one ``CASE`` ``UPDATE`` for the rest.
+    * claim: on PostgreSQL one statement, ``WITH picked AS (SELECT … ORDER BY due_at
+      LIMIT n FOR UPDATE SKIP LOCKED), claimed AS (UPDATE … RETURNING)``, which also
+      returns ``next_due_at`` when fewer than ``n`` rows were due; elsewhere ``SELECT …
+      FOR UPDATE [SKIP LOCKED]`` then ``UPDATE … WHERE name IN (…)`` in one
+      transaction (SQLite's ``BEGIN IMMEDIATE`` stands in for row locks). Then an
+      index-only ``MIN(due_at)`` gives ``next_due_at``, unless the claim was full (the
+      core claims again at once).
+    * commit: on PostgreSQL one ``UPDATE … FROM unnest(:names, :leases, :at)`` plus
+      one ``DELETE … USING unnest(:names, :leases)`` per batch (array parameters);
+      elsewhere one ``UPDATE … SET scheduled_at = CASE WHEN name = … END`` plus one
+      ``DELETE``, both guarded by ``(name, locked_by) IN (…)``; with
+      ``RETURNING`` they report what they changed; otherwise (MySQL) their row counts
+      do, and only when a row was no longer held is the transaction rolled back and
+      redone with the held rows locked and read first.
+    * register: one upsert per chunk, changing only rows not held by a live lease
+      (unless forced): on PostgreSQL ``INSERT … SELECT … FROM unnest(…) ON CONFLICT DO
+      UPDATE … WHERE … RETURNING``; elsewhere an ``executemany`` of the one-row
+      ``INSERT … ON CONFLICT DO UPDATE … WHERE`` (SQLite; then a primary-key read of
+      the rows still locked, the ones left alone) or ``INSERT … ON DUPLICATE KEY
+      UPDATE`` with guarded assignments (MySQL; the driver sends it as one multi-row
+      ``INSERT``) after locking the existing rows, which tells the live leases it will
+      leave alone, and unlocking expired ones if there are any.
     """
 
     def __init__(
@@ -55,12 +70,26 @@ class SqlRepository(Repository):
         self._sql = Statements(table, caps)
 
     async def _run(
-        self, operation: Callable[[AsyncConnection], Awaitable[T]], *, atomic: bool
+        self,
+        operation: Callable[[AsyncConnection], Awaitable[T]],
+        *,
+        atomic: bool,
+        attempts: int = 1,
     ) -> T:
         """The adapter edge: ``atomic`` operations get a real transaction; a dropped
-        connection is retried once; unreachable storage is ``BackendUnavailableError``."""
+        connection is retried once; a transaction the database rolled back as a conflict
+        (see :func:`~pyncette.sql.engine.is_conflict`) is run again, up to ``attempts``
+        times in all; unreachable storage is ``BackendUnavailableError``."""
+        engine = self._engine if atomic else self._single
         async with translate_errors(self._where):
-            return await retry_dropped(self._engine if atomic else self._single, operation)
+            for attempt in range(1, attempts + 1):
+                try:
+                    return await retry_dropped(engine, operation)
+                except DBAPIError as error:
+                    if attempt == attempts or not is_conflict(error):
+                        raise
+                    logger.debug("Conflict on attempt %d, retrying: %s", attempt, error.orig)
+        raise AssertionError("unreachable")
 
     # -- claims -------------------------------------------------------------------
 
@@ -71,10 +100,10 @@ class SqlRepository(Repository):
         sql = self._sql
 
         async def one_statement(conn: AsyncConnection) -> ClaimResult:
-            rows = list((await conn.execute(sql.claim_one, params)).all())
-            rows.sort(key=lambda r: (r[4], r[0]))
-            next_due = (await conn.execute(sql.next_due, params)).scalar()
-            return ClaimResult([Record(r[0], r[1], r[2], r[3], lease) for r in rows], next_due)
+            rows = (await conn.execute(sql.claim_one, params)).all()
+            claimed = sorted((r for r in rows if r[0] is not None), key=lambda r: (r[4], r[0]))
+            next_due = next((r[3] for r in rows if r[0] is None), None)
+            return ClaimResult([Record(r[0], r[1], r[2], r[3], lease) for r in claimed], next_due)
 
         row_locks = self._caps.row_locks
 
@@ -89,7 +118,10 @@ class SqlRepository(Repository):
                 names = [record.name for record in records]
                 await conn.execute(sql.claim_named, {**params, "names": names})
             if row_locks:
-                return ClaimResult(records, (await conn.execute(sql.next_due, params)).scalar())
+                # a full batch makes the core claim again at once; it ignores the hint
+                full = len(records) >= limit
+                hint = None if full else (await conn.execute(sql.next_due, params)).scalar()
+                return ClaimResult(records, hint)
             hints = [now + r[4] for r in due]
             if len(rows) > len(due):
                 hints.append(rows[len(due)][3])
@@ -122,23 +154,54 @@ class SqlRepository(Repository):
         applied: set[str] = set()
         for start in range(0, len(batch), CHUNK):
             chunk = batch[start : start + CHUNK]
-            applied |= await self._run(
-                lambda conn, chunk=chunk: self._commit_chunk(conn, group, chunk),  # type: ignore[misc]
-                atomic=not self._caps.returning,
-            )
+            try:
+                applied |= await self._run(
+                    lambda conn, chunk=chunk: self._commit_chunk(conn, group, chunk),  # type: ignore[misc]
+                    atomic=not self._caps.returning,
+                )
+            except _NotAllHeld:
+                # rolled back; find out which rows are still held, then write those
+                applied |= await self._run(
+                    lambda conn, chunk=chunk: self._commit_chunk(  # type: ignore[misc]
+                        conn, group, chunk, check_first=True
+                    ),
+                    atomic=True,
+                )
         return [item.name for item in batch if item.name not in applied] + lost
 
     async def _commit_chunk(
-        self, conn: AsyncConnection, group: str, chunk: list[Commit]
+        self, conn: AsyncConnection, group: str, chunk: list[Commit], *, check_first: bool = False
     ) -> set[str]:
+        """Without ``RETURNING`` (MySQL) the guarded writes run first, optimistically: if
+        their row counts show every row was still held, all were applied; otherwise
+        :class:`_NotAllHeld` rolls the transaction back and the caller runs it again with
+        ``check_first``, which locks and reads the held rows before writing."""
         sql = self._sql
         returning = self._caps.returning
-        if not returning:
+        if check_first:
             owned = set((await conn.execute(sql.select_owned, _owned(group, chunk))).scalars())
             chunk = [item for item in chunk if item.name in owned]
         moved = [item for item in chunk if item.next_at is not None]
         done = [item for item in chunk if item.next_at is None]
         applied: set[str] = set()
+        if self._caps.array_params:
+            if moved:
+                arrays = {
+                    "group": group,
+                    "names": [item.name for item in moved],
+                    "leases": [item.lease for item in moved],
+                    "at": [to_micros(item.next_at) for item in moved],  # type: ignore[arg-type]
+                }
+                applied.update((await conn.execute(sql.commit_moved, arrays)).scalars())
+            if done:
+                arrays = {
+                    "group": group,
+                    "names": [item.name for item in done],
+                    "leases": [item.lease for item in done],
+                }
+                applied.update((await conn.execute(sql.commit_done, arrays)).scalars())
+            return applied
+        written = 0
         if moved:
             params = _owned(group, moved)
             for i, item in enumerate(moved):
@@ -146,10 +209,14 @@ class SqlRepository(Repository):
                 params[f"v{i}"] = item.next_at
             result = await conn.execute(sql.commit_update(len(moved)), params)
             applied.update(result.scalars() if returning else params["names"])
+            written += result.rowcount
         if done:
             params = _owned(group, done)
             result = await conn.execute(sql.delete_owned, params)
             applied.update(result.scalars() if returning else params["names"])
+            written += result.rowcount
+        if not returning and not check_first and written != len(chunk):
+            raise _NotAllHeld
         return applied
 
     async def extend(
@@ -188,18 +255,13 @@ class SqlRepository(Repository):
         skipped: set[str] = set()
         for start in range(0, len(batch), CHUNK):
             chunk = batch[start : start + CHUNK]
-            for attempt in range(1, REGISTER_ATTEMPTS + 1):
-                try:
-                    skipped |= await self._run(
-                        lambda conn, chunk=chunk: self._register_chunk(  # type: ignore[misc]
-                            conn, group, chunk, now=now, force=force
-                        ),
-                        atomic=True,
-                    )
-                    break
-                except IntegrityError:
-                    if attempt == REGISTER_ATTEMPTS:
-                        raise
+            skipped |= await self._run(
+                lambda conn, chunk=chunk: self._register_chunk(  # type: ignore[misc]
+                    conn, group, chunk, now=now, force=force
+                ),
+                atomic=True,
+                attempts=REGISTER_ATTEMPTS,
+            )
         return [reg.name for reg in registrations if reg.name in skipped]
 
     async def _register_chunk(
@@ -212,43 +274,45 @@ class SqlRepository(Repository):
         force: bool,
     ) -> set[str]:
         sql = self._sql
-        params: dict[str, Any] = {"group": group, "names": [reg.name for reg in chunk]}
-        existing = {r[0]: r for r in (await conn.execute(sql.select_existing, params)).all()}
-        skipped: set[str] = set()
-        inserts: list[dict[str, Any]] = []
-        updates: list[tuple[Registration, datetime.datetime]] = []
-        for reg in chunk:
-            row = existing.get(reg.name)  # (name, scheduled_at, due_at, locked_by)
-            if row is None:
-                inserts.append(
-                    {
-                        "task_group": group,
-                        "name": reg.name,
-                        "spec": reg.spec,
-                        "scheduled_at": reg.scheduled_at,
-                        "due_at": reg.scheduled_at,
-                        "lease_duration_us": reg.lease_duration,
-                        "locked_by": None,
-                    }
-                )
-            elif row[3] is not None and row[2] > now and not force:
-                skipped.add(reg.name)
-            else:
-                updates.append((reg, min(row[1], reg.scheduled_at)))
-        if inserts:
-            await conn.execute(sql.insert, inserts)
-        if updates:
-            update_params: dict[str, Any] = {
-                "group": group,
-                "names": [reg.name for reg, _ in updates],
+        chunk = sorted(chunk, key=lambda reg: reg.name)  # one lock order for every writer
+        shared: dict[str, Any] = {"group": group, "now": now, "force": force}
+        if self._caps.array_params:
+            arrays = {
+                **shared,
+                "names": [reg.name for reg in chunk],
+                "specs": [reg.spec for reg in chunk],
+                "at": [to_micros(reg.scheduled_at) for reg in chunk],
+                "durations": [reg.lease_duration // MICROSECOND for reg in chunk],
             }
-            for i, (reg, at) in enumerate(updates):
-                update_params[f"k{i}"] = reg.name
-                update_params[f"s{i}"] = reg.spec
-                update_params[f"d{i}"] = reg.lease_duration
-                update_params[f"at{i}"] = at
-            await conn.execute(sql.register_update(len(updates)), update_params)
-        return skipped
+            written = set((await conn.execute(sql.upsert(), arrays)).scalars())
+            return {reg.name for reg in chunk if reg.name not in written}
+        names = {"group": group, "names": [reg.name for reg in chunk], "now": now}
+        held: set[str] | None = None
+        if not self._caps.upsert_where:
+            # MySQL: lock the existing rows first, so no claim slips in before the upsert;
+            # live leases are left alone, expired ones cleared (all of them when forced)
+            existing = (await conn.execute(sql.lock_existing, names)).all()
+            held = {r[0] for r in existing if r[1] is not None and r[2] > now}
+            if not force and any(r[1] is not None and r[2] <= now for r in existing):
+                await conn.execute(sql.clear_expired, names)
+        rows = [
+            {
+                **shared,
+                "name": reg.name,
+                "spec": reg.spec,
+                "at": reg.scheduled_at,
+                "duration": reg.lease_duration,
+                "locked_by": None,
+            }
+            for reg in chunk
+        ]
+        await conn.execute(sql.upsert(force=force), rows)
+        if force:
+            return set()
+        if held is not None:
+            return held
+        # SQLite: the transaction holds the write lock; rows still locked were left alone
+        return set((await conn.execute(sql.still_locked, names)).scalars())
 
     async def unregister(self, group: str, name: str) -> bool:
         return await self._rowcount(self._sql.unregister, {"group": group, "key": name}) == 1
@@ -282,6 +346,10 @@ class SqlRepository(Repository):
             return Page(records, ContinuationToken(records[-1].name) if more else None)
 
         return await self._run(run, atomic=False)
+
+
+class _NotAllHeld(Exception):
+    """An optimistic commit found a row no longer held; its transaction is rolled back."""
 
 
 def _record(row: Any) -> Record:

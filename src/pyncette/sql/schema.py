@@ -44,7 +44,7 @@ from sqlalchemy.dialects import mysql
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
 EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)  # noqa: UP017 (3.10)
-_MICROSECOND = datetime.timedelta(microseconds=1)
+MICROSECOND = datetime.timedelta(microseconds=1)
 
 MAX_TABLE_NAME = 47
 """63 (PostgreSQL's identifier limit) minus the ``_alembic_version`` suffix."""
@@ -74,6 +74,11 @@ def due_index_name(table: str) -> str:
     return f"ix_{table}_due_at"
 
 
+def to_micros(value: datetime.datetime) -> int:
+    """What :class:`UtcMicros` stores for ``value`` (for array parameters, which bind raw)."""
+    return (value - EPOCH) // MICROSECOND
+
+
 class UtcMicros(TypeDecorator[datetime.datetime]):
     """An aware datetime stored as integer microseconds since the epoch, read back as UTC."""
 
@@ -81,7 +86,7 @@ class UtcMicros(TypeDecorator[datetime.datetime]):
     cache_ok = True
 
     def process_bind_param(self, value: datetime.datetime | None, dialect: Dialect) -> Any:
-        return None if value is None else (value - EPOCH) // _MICROSECOND
+        return None if value is None else to_micros(value)
 
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime.datetime | None:
         return None if value is None else EPOCH + datetime.timedelta(microseconds=value)
@@ -94,7 +99,7 @@ class Micros(TypeDecorator[datetime.timedelta]):
     cache_ok = True
 
     def process_bind_param(self, value: datetime.timedelta | None, dialect: Dialect) -> Any:
-        return None if value is None else value // _MICROSECOND
+        return None if value is None else value // MICROSECOND
 
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime.timedelta | None:
         return None if value is None else datetime.timedelta(microseconds=value)

@@ -1,8 +1,10 @@
 """The statements of :class:`~pyncette.sql.repository.SqlRepository`, built once per table.
 
 Built once and reused, so SQLAlchemy's compiled cache and the drivers' prepared
-statements apply; the only statements whose shape depends on the batch (``CASE`` over
-``n`` rows) are built once per size and kept.
+statements apply. With array parameters (PostgreSQL) every statement has a fixed shape;
+elsewhere the only statement whose shape depends on the batch (the commit's ``CASE``
+over ``n`` rows) is built once per size and kept, and registrations are one-row upserts
+sent with ``executemany``.
 """
 
 from __future__ import annotations
@@ -10,21 +12,29 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CompoundSelect,
     Delete,
-    Insert,
+    Executable,
     Integer,
     Select,
+    String,
     Table,
     Update,
     bindparam,
     case,
+    column,
     delete,
     func,
-    insert,
+    null,
     select,
     tuple_,
+    type_coerce,
+    union_all,
     update,
 )
+from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.sql.dml import ReturningDelete, ReturningUpdate
 from sqlalchemy.sql.elements import BindParameter
 
@@ -35,7 +45,9 @@ from pyncette.sql.schema import Micros, UtcMicros, key_type, text_type
 class Statements:
     """Bind parameters: ``group``, ``key`` (a row name), ``lease``, ``now``, ``limit``,
     ``until``, ``after``, ``names`` (expanding) and ``pairs`` (expanding ``(name,
-    lease)`` tuples); ``CASE`` updates add ``k<i>`` and one value per column and row."""
+    lease)`` tuples); ``CASE`` updates add ``k<i>`` and one value per column and row.
+    PostgreSQL's batch writes take arrays instead (``names``, ``leases``, ``at``, ``specs``,
+    ``durations``), and upserts ``force``."""
 
     def __init__(self, table: Table, caps: Capabilities) -> None:
         self.table = table
@@ -53,21 +65,41 @@ class Statements:
         row = (c.name, c.spec, c.scheduled_at, c.due_at, c.locked_by)
         """What reads return; ``due_at`` is the lease expiry while ``locked_by`` is set."""
 
-        # claim, PostgreSQL: lock the due rows, skipping other claimers', and take them
-        due = (
+        # claim, PostgreSQL: lock the due rows, skipping other claimers', take them, and
+        # in the same statement (only when fewer than ``limit`` were due) the group's
+        # next claimable time: the sooner of the first row not yet due (an index-only
+        # ``ORDER BY due_at LIMIT 1`` in the statement's snapshot) and the earliest new
+        # lease expiry. Rows skipped as locked are another claimer's, and not counted.
+        picked = (
             select(c.task_group, c.name, c.due_at)
             .where(self._in_group, c.due_at <= now)
             .order_by(c.due_at)
             .limit(limit)
             .with_for_update(skip_locked=caps.skip_locked)
-            .subquery("picked")
+            .cte("picked")
         )
-        self.claim_one: ReturningUpdate[Any] = (
+        claimed = (
             update(table)
-            .where(c.task_group == due.c.task_group, c.name == due.c.name)
+            .where(c.task_group == picked.c.task_group, c.name == picked.c.name)
             .values(locked_by=lease, due_at=now + c.lease_duration_us)
-            .returning(c.name, c.spec, c.scheduled_at, c.due_at, due.c.due_at)
+            .returning(c.name, c.spec, c.scheduled_at, c.due_at, picked.c.due_at.label("was"))
+            .cte("claimed")
         )
+        beyond = (
+            select(c.due_at)
+            .where(self._in_group, c.due_at > now)
+            .order_by(c.due_at)
+            .limit(1)
+            .scalar_subquery()
+        )
+        hint = func.least(beyond, select(func.min(claimed.c.due_at)).scalar_subquery())
+        short = select(func.count()).select_from(picked).scalar_subquery() < limit
+        self.claim_one: CompoundSelect[Any] = union_all(
+            select(*claimed.c),
+            select(null(), null(), null(), type_coerce(hint, UtcMicros()), null()).where(short),
+        )
+        """Rows ``(name, spec, scheduled_at, locked_until, was_due_at)``, plus one row with
+        ``name`` NULL whose fourth column is ``next_due_at`` when the claim was short."""
         # claim, elsewhere: in one transaction, scan by claimable time and take the due
         # rows by name. With row locks (MySQL) the scan locks only due rows (a locked row
         # not taken would make concurrent claimers skip it) and ``next_due`` follows;
@@ -93,6 +125,26 @@ class Statements:
         self.delete_owned: Delete | ReturningDelete[Any] = (
             delete_owned.returning(c.name) if caps.returning else delete_owned
         )
+        if caps.array_params:
+            # the same with array parameters ``names``, ``leases`` and ``at`` (integer
+            # microseconds) joined to the table by ``unnest``
+            moved = _unnest(
+                "moved", ("names", String()), ("leases", String()), ("at", BigInteger())
+            )
+            done = _unnest("done", ("names", String()), ("leases", String()))
+            self.commit_moved: Executable = (
+                update(table)
+                .where(self._in_group, c.name == moved.c.names)
+                .where(c.locked_by == moved.c.leases)
+                .values(scheduled_at=moved.c.at, due_at=moved.c.at, locked_by=null())
+                .returning(c.name)
+            )
+            self.commit_done: Executable = (
+                delete(table)
+                .where(self._in_group, c.name == done.c.names)
+                .where(c.locked_by == done.c.leases)
+                .returning(c.name)
+            )
 
         by_key = (self._in_group, c.name == key)
         held = (*by_key, c.locked_by == lease)
@@ -114,17 +166,51 @@ class Statements:
             .limit(limit)
         )
 
-        # register: lock what exists, insert the rest
-        existing = (
-            select(c.name, c.scheduled_at, c.due_at, c.locked_by)
+        # register: one upsert per chunk (see ``upsert``); off PostgreSQL, the rows still
+        # locked afterwards (in the same transaction) are the ones it left alone
+        self.still_locked: Select[Any] = select(c.name).where(
+            self._in_group, self._names, c.locked_by.is_not(None)
+        )
+        self._case_updates: dict[tuple[str, int], Any] = {}
+        self._upserts: dict[str, Executable] = {}
+        self.clear_expired: Update = (
+            update(table)
+            .where(self._in_group, self._names, c.locked_by.is_not(None), c.due_at <= now)
+            .values(locked_by=None, due_at=c.scheduled_at)
+        )
+        """Unlock the named rows whose lease expired (MySQL, before its upsert)."""
+        self.lock_existing: Select[Any] = (
+            select(c.name, c.locked_by, c.due_at)
             .where(self._in_group, self._names)
             .order_by(c.name)
+            .with_for_update()
         )
-        self.select_existing: Select[Any] = (
-            existing.with_for_update() if caps.row_locks else existing
-        )
-        self.insert: Insert = insert(table)
-        self._case_updates: dict[tuple[str, int], Update | ReturningUpdate[Any]] = {}
+        """The named rows, locked (MySQL, before its upsert)."""
+        if caps.array_params:
+            rows = _unnest(
+                "reg",
+                ("names", String()),
+                ("specs", String()),
+                ("at", BigInteger()),
+                ("durations", BigInteger()),
+            )
+            source = select(
+                group, rows.c.names, rows.c.specs, rows.c.at, rows.c.at, rows.c.durations, null()
+            )
+            self._upserts["upsert"] = self._guarded_upsert(
+                postgresql.insert(table).from_select(
+                    [
+                        c.task_group,
+                        c.name,
+                        c.spec,
+                        c.scheduled_at,
+                        c.due_at,
+                        c.lease_duration_us,
+                        c.locked_by,
+                    ],
+                    source,
+                )
+            )
 
     def commit_update(self, size: int) -> Update | ReturningUpdate[Any]:
         """Move ``size`` held rows to their next run (``v<i>``) and unlock them."""
@@ -141,25 +227,85 @@ class Statements:
             self._case_updates["commit", size] = stmt
         return stmt
 
-    def register_update(self, size: int) -> Update | ReturningUpdate[Any]:
-        """Set spec (``s<i>``), lease duration (``d<i>``) and run (``at<i>``) of ``size``
-        existing rows and unlock them."""
-        stmt = self._case_updates.get(("register", size))
+    def upsert(self, *, force: bool = False) -> Executable:
+        """Create or update rows: with array parameters ``names``, ``specs``, ``at`` and
+        ``durations`` (PostgreSQL) one statement for the whole batch; elsewhere one row
+        per parameter set (``name``, ``spec``, ``at``, ``duration``, ``locked_by`` =
+        ``None``), run as one ``executemany``.
+
+        An existing row is changed only when it is unlocked, its lease expired, or
+        ``force``; then it gets the new spec and lease duration, the sooner of the two
+        runs, and no lease. With ``ON CONFLICT … WHERE`` that is the conflict's ``WHERE``
+        (parameters ``group``, ``now``, ``force``; on PostgreSQL ``RETURNING`` names the
+        rows written). ``ON DUPLICATE KEY UPDATE`` (MySQL) must stay free of parameters,
+        or the driver cannot send an ``executemany`` as one multi-row ``INSERT``: the
+        caller locks the existing rows (:attr:`lock_existing`) and clears expired leases
+        (:attr:`clear_expired`) first, every assignment is guarded by
+        ``locked_by IS NULL``, and the forced variant first clears the lease
+        (``VALUES(locked_by)`` is NULL; MySQL assigns left to right).
+        """
+        key = "forced" if force and not self.caps.upsert_where else "upsert"
+        stmt = self._upserts.get(key)
         if stmt is None:
-            at = self._per_row(size, "at", UtcMicros())
-            stmt = (
-                update(self.table)
-                .where(self._in_group, self._names)
-                .values(
-                    spec=self._per_row(size, "s", text_type()),
-                    lease_duration_us=self._per_row(size, "d", Micros()),
-                    scheduled_at=at,
-                    due_at=at,
-                    locked_by=None,
-                )
-            )
-            self._case_updates["register", size] = stmt
+            at = bindparam("at", type_=UtcMicros())
+            row = {
+                "task_group": bindparam("group", type_=key_type()),
+                "name": bindparam("name", type_=key_type()),
+                "spec": bindparam("spec", type_=text_type()),
+                "scheduled_at": at,
+                "due_at": at,
+                "lease_duration_us": bindparam("duration", type_=Micros()),
+                "locked_by": bindparam("locked_by", type_=key_type()),
+            }
+            if self.caps.upsert_where:
+                stmt = self._guarded_upsert(sqlite.insert(self.table).values(row))
+            else:
+                stmt = self._mysql_upsert(mysql.insert(self.table).values(row), force=force)
+            self._upserts[key] = stmt
         return stmt
+
+    def _may_change(self) -> Any:
+        c = self.table.c
+        now = bindparam("now", type_=UtcMicros())
+        return c.locked_by.is_(None) | (c.due_at <= now) | bindparam("force", type_=Boolean())
+
+    def _guarded_upsert(self, stmt: Any) -> Executable:
+        c = self.table.c
+        new = stmt.excluded
+        sooner = case((c.scheduled_at <= new.scheduled_at, c.scheduled_at), else_=new.scheduled_at)
+        upsert = stmt.on_conflict_do_update(
+            index_elements=[c.task_group, c.name],
+            set_={
+                "spec": new.spec,
+                "lease_duration_us": new.lease_duration_us,
+                "scheduled_at": sooner,
+                "due_at": sooner,
+                "locked_by": null(),
+            },
+            where=self._may_change(),
+        )
+        result: Executable = upsert.returning(c.name) if self.caps.array_params else upsert
+        return result
+
+    def _mysql_upsert(self, stmt: Any, *, force: bool) -> Executable:
+        c = self.table.c
+        new = stmt.inserted
+        ours = c.locked_by.is_(None)
+
+        def keep(value: Any, old: Any) -> Any:
+            return func.if_(ours, value, old)
+
+        sooner = func.least(c.scheduled_at, new.scheduled_at)
+        assignments = [
+            ("spec", keep(new.spec, c.spec)),
+            ("lease_duration_us", keep(new.lease_duration_us, c.lease_duration_us)),
+            ("scheduled_at", keep(sooner, c.scheduled_at)),
+            ("due_at", keep(c.scheduled_at, c.due_at)),  # the scheduled_at just assigned
+        ]
+        if force:
+            assignments.insert(0, ("locked_by", new.locked_by))
+        result: Executable = stmt.on_duplicate_key_update(assignments)
+        return result
 
     def _per_row(self, size: int, prefix: str, type_: Any) -> Any:
         """``CASE WHEN name = :k0 THEN :<prefix>0 … END``."""
@@ -173,3 +319,10 @@ class Statements:
                 for i in range(size)
             )
         )
+
+
+def _unnest(name: str, *arrays: tuple[str, Any]) -> Any:
+    """``unnest(:a, :b, …) AS name(a, b, …)``: array parameters joined as rows."""
+    params = [bindparam(key, type_=postgresql.ARRAY(type_)) for key, type_ in arrays]
+    columns = [column(key, type_) for key, type_ in arrays]
+    return func.unnest(*params).table_valued(*columns).render_derived(name=name)
