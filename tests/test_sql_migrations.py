@@ -35,7 +35,8 @@ from pyncette.model import Lease
 from pyncette.mysql import mysql_repository
 from pyncette.postgres import postgres_repository
 from pyncette.repository import Commit, Repository
-from pyncette.sql import make_table, normalize_url
+from pyncette.sql.engine import normalize_url
+from pyncette.sql.schema import make_table
 from pyncette.sqlite import sqlite_repository
 from test_repository import LEASE, T0, A, S, reg
 

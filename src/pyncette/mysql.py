@@ -10,7 +10,8 @@ from typing import Any
 from sqlalchemy.engine import URL
 
 from pyncette.repository import Repository, check_options
-from pyncette.sql import open_sql_repository, validate_table_name
+from pyncette.sql.connect import open_sql_repository
+from pyncette.sql.names import validate_table_name
 from pyncette.sql.options import as_bool, as_int, as_str
 
 _KNOWN = {

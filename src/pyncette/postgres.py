@@ -10,7 +10,9 @@ from typing import Any
 from sqlalchemy.engine import URL
 
 from pyncette.repository import Repository, check_options
-from pyncette.sql import normalize_url, open_sql_repository, validate_table_name
+from pyncette.sql.connect import open_sql_repository
+from pyncette.sql.engine import normalize_url
+from pyncette.sql.names import validate_table_name
 from pyncette.sql.options import as_bool, as_int
 
 _KNOWN = {"postgres_url", "postgres_table_name", "postgres_skip_table_create", "postgres_pool_size"}

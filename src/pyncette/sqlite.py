@@ -10,7 +10,7 @@ from typing import Any
 
 from pyncette.memory import InMemoryRepository
 from pyncette.repository import Repository, check_options
-from pyncette.sql.schema import validate_table_name
+from pyncette.sql.names import validate_table_name
 
 MEMORY = ":memory:"
 
@@ -55,7 +55,7 @@ async def sqlite_repository(**options: Any) -> AsyncIterator[Repository]:
     # default stays light, which also keeps the garbage collector's full passes short.
     from sqlalchemy.engine import URL
 
-    from pyncette.sql import open_sql_repository
+    from pyncette.sql.connect import open_sql_repository
 
     url = URL.create("sqlite+aiosqlite", database=settings.database)
     async with open_sql_repository(

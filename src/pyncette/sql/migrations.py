@@ -26,7 +26,8 @@ from pyncette.sql.engine import (
     migration_lock,
     normalize_url,
 )
-from pyncette.sql.schema import make_table, validate_table_name, version_table_name
+from pyncette.sql.names import validate_table_name, version_table_name
+from pyncette.sql.schema import make_table
 
 TABLE_ATTRIBUTE = "pyncette_table"
 CONNECTION_ATTRIBUTE = "connection"

@@ -1,0 +1,33 @@
+"""Table-name rules shared by the SQL backends; importable without SQLAlchemy, so option
+validation (and the in-memory default) stays light."""
+
+from __future__ import annotations
+
+import re
+
+MAX_TABLE_NAME = 47
+"""63 (PostgreSQL's identifier limit) minus the ``_alembic_version`` suffix."""
+_TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def validate_table_name(option: str, value: object) -> str:
+    """Return ``value`` if it is a plain SQL identifier, else raise ``ValueError``."""
+    if not isinstance(value, str) or not _TABLE_NAME.fullmatch(value):
+        raise ValueError(
+            f"{option} must be a plain identifier (letters, digits and underscores, not "
+            f"starting with a digit), got {value!r}"
+        )
+    if len(value) > MAX_TABLE_NAME:
+        raise ValueError(
+            f"{option} must be at most {MAX_TABLE_NAME} characters long, got {len(value)}"
+        )
+    return value
+
+
+def version_table_name(table: str) -> str:
+    """The table's own Alembic version table (never the application's ``alembic_version``)."""
+    return f"{table}_alembic_version"
+
+
+def due_index_name(table: str) -> str:
+    return f"ix_{table}_due_at"
