@@ -14,21 +14,12 @@ import contextlib
 import datetime
 import heapq
 import itertools
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar
 
 from backends import BackendConfig
 from pyncette import Pyncette, PyncetteContext
-from pyncette.model import ContinuationToken, Lease
-from pyncette.repository import (
-    ClaimResult,
-    Commit,
-    Page,
-    Record,
-    Registration,
-    Repository,
-    RepositoryFactory,
-)
+from pyncette.repository import Repository, RepositoryFactory, RepositoryProxy
 
 T = TypeVar("T")
 T0 = datetime.datetime(2030, 1, 1, tzinfo=datetime.UTC)
@@ -112,76 +103,27 @@ class FakeClock:
             await self.advance(min(live)[0] - self._now)
 
 
-class CountingRepository(Repository):
+class CountingRepository(RepositoryProxy):
     """Delegates to a real repository, counting in-flight calls on the fake clock."""
 
     def __init__(self, inner: Repository, clock: FakeClock) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.clock = clock
         self.calls: dict[str, int] = {}
         self.fail_with: BaseException | None = None
 
-    async def _call(self, method: str, awaitable: Awaitable[T]) -> T:
-        self.calls[method] = self.calls.get(method, 0) + 1
+    async def around(self, operation: str, call: Awaitable[T]) -> T:
+        self.calls[operation] = self.calls.get(operation, 0) + 1
         self.clock.busy += 1
         try:
             if self.fail_with is not None:
-                close = getattr(awaitable, "close", None)
+                close = getattr(call, "close", None)
                 if close is not None:
                     close()
                 raise self.fail_with
-            return await awaitable
+            return await call
         finally:
             self.clock.busy -= 1
-
-    async def claim(
-        self, group: str, *, now: datetime.datetime, limit: int, lease: Lease
-    ) -> ClaimResult:
-        return await self._call("claim", self.inner.claim(group, now=now, limit=limit, lease=lease))
-
-    async def commit(
-        self, group: str, commits: Sequence[Commit], *, now: datetime.datetime
-    ) -> list[str]:
-        return await self._call("commit", self.inner.commit(group, commits, now=now))
-
-    async def extend(
-        self, group: str, name: str, lease: Lease, *, locked_until: datetime.datetime
-    ) -> bool:
-        return await self._call(
-            "extend", self.inner.extend(group, name, lease, locked_until=locked_until)
-        )
-
-    async def unlock(self, group: str, name: str, lease: Lease) -> bool:
-        return await self._call("unlock", self.inner.unlock(group, name, lease))
-
-    async def register(
-        self,
-        group: str,
-        registrations: Sequence[Registration],
-        *,
-        now: datetime.datetime,
-        force: bool,
-    ) -> list[str]:
-        return await self._call(
-            "register", self.inner.register(group, registrations, now=now, force=force)
-        )
-
-    async def unregister(self, group: str, name: str) -> bool:
-        return await self._call("unregister", self.inner.unregister(group, name))
-
-    async def get(self, group: str, name: str) -> Record | None:
-        return await self._call("get", self.inner.get(group, name))
-
-    async def list(
-        self,
-        group: str,
-        *,
-        limit: int,
-        continuation_token: ContinuationToken | None = None,
-    ) -> Page:
-        return await self._call(
-            "list", self.inner.list(group, limit=limit, continuation_token=continuation_token)
-        )
 
 
 def counted(factory: RepositoryFactory, clock: FakeClock) -> RepositoryFactory:

@@ -9,14 +9,14 @@ from __future__ import annotations
 import contextlib
 import datetime
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from pyncette.model import Context, ContinuationToken, Lease
+from pyncette.model import Context
 from pyncette.pyncette import Pyncette
-from pyncette.repository import ClaimResult, Commit, Page, Record, Registration, Repository
+from pyncette.repository import Repository, RepositoryProxy
 
 T = TypeVar("T")
 
@@ -92,13 +92,10 @@ async def _measure_execution(context: Context, next: Callable[[], Awaitable[None
         EXECUTIONS.labels(name, outcome).inc()
 
 
-class _MeteredRepository(Repository):
+class _MeteredRepository(RepositoryProxy):
     """Times every call of the repository it wraps."""
 
-    def __init__(self, inner: Repository) -> None:
-        self._inner = inner
-
-    async def _timed(self, operation: str, call: Awaitable[T]) -> T:
+    async def around(self, operation: str, call: Awaitable[T]) -> T:
         in_progress = REPOSITORY_IN_PROGRESS.labels(operation)
         in_progress.inc()
         started = time.perf_counter()
@@ -111,54 +108,3 @@ class _MeteredRepository(Repository):
             in_progress.dec()
             REPOSITORY_DURATION.labels(operation).observe(time.perf_counter() - started)
             REPOSITORY_OPERATIONS.labels(operation, outcome).inc()
-
-    async def claim(
-        self, group: str, *, now: datetime.datetime, limit: int, lease: Lease
-    ) -> ClaimResult:
-        return await self._timed(
-            "claim", self._inner.claim(group, now=now, limit=limit, lease=lease)
-        )
-
-    async def commit(
-        self, group: str, commits: Sequence[Commit], *, now: datetime.datetime
-    ) -> list[str]:
-        return await self._timed("commit", self._inner.commit(group, commits, now=now))
-
-    async def extend(
-        self, group: str, name: str, lease: Lease, *, locked_until: datetime.datetime
-    ) -> bool:
-        return await self._timed(
-            "extend", self._inner.extend(group, name, lease, locked_until=locked_until)
-        )
-
-    async def unlock(self, group: str, name: str, lease: Lease) -> bool:
-        return await self._timed("unlock", self._inner.unlock(group, name, lease))
-
-    async def register(
-        self,
-        group: str,
-        registrations: Sequence[Registration],
-        *,
-        now: datetime.datetime,
-        force: bool,
-    ) -> list[str]:
-        return await self._timed(
-            "register", self._inner.register(group, registrations, now=now, force=force)
-        )
-
-    async def unregister(self, group: str, name: str) -> bool:
-        return await self._timed("unregister", self._inner.unregister(group, name))
-
-    async def get(self, group: str, name: str) -> Record | None:
-        return await self._timed("get", self._inner.get(group, name))
-
-    async def list(
-        self,
-        group: str,
-        *,
-        limit: int,
-        continuation_token: ContinuationToken | None = None,
-    ) -> Page:
-        return await self._timed(
-            "list", self._inner.list(group, limit=limit, continuation_token=continuation_token)
-        )

@@ -38,12 +38,14 @@ from __future__ import annotations
 
 import abc
 import datetime
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from pyncette.model import ContinuationToken, Lease
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +184,72 @@ class Repository(abc.ABC):
         """Return up to ``limit`` rows of ``group`` in a stable order, and a token for the
         rest (``None`` when there are no more). Rows added or removed while paging may or
         may not appear, but no row present throughout is skipped or repeated."""
+
+
+class RepositoryProxy(Repository):
+    """A repository that forwards every call to another through :meth:`around`.
+
+    Subclasses override :meth:`around` to observe or alter calls (metrics, test
+    instrumentation) without restating the whole interface.
+    """
+
+    def __init__(self, inner: Repository) -> None:
+        self.inner = inner
+
+    async def around(self, operation: str, call: Awaitable[T]) -> T:
+        """Run one call of the wrapped repository; ``operation`` is the method name."""
+        return await call
+
+    async def claim(
+        self, group: str, *, now: datetime.datetime, limit: int, lease: Lease
+    ) -> ClaimResult:
+        return await self.around(
+            "claim", self.inner.claim(group, now=now, limit=limit, lease=lease)
+        )
+
+    async def commit(
+        self, group: str, commits: Sequence[Commit], *, now: datetime.datetime
+    ) -> list[str]:
+        return await self.around("commit", self.inner.commit(group, commits, now=now))
+
+    async def extend(
+        self, group: str, name: str, lease: Lease, *, locked_until: datetime.datetime
+    ) -> bool:
+        return await self.around(
+            "extend", self.inner.extend(group, name, lease, locked_until=locked_until)
+        )
+
+    async def unlock(self, group: str, name: str, lease: Lease) -> bool:
+        return await self.around("unlock", self.inner.unlock(group, name, lease))
+
+    async def register(
+        self,
+        group: str,
+        registrations: Sequence[Registration],
+        *,
+        now: datetime.datetime,
+        force: bool,
+    ) -> list[str]:
+        return await self.around(
+            "register", self.inner.register(group, registrations, now=now, force=force)
+        )
+
+    async def unregister(self, group: str, name: str) -> bool:
+        return await self.around("unregister", self.inner.unregister(group, name))
+
+    async def get(self, group: str, name: str) -> Record | None:
+        return await self.around("get", self.inner.get(group, name))
+
+    async def list(
+        self,
+        group: str,
+        *,
+        limit: int,
+        continuation_token: ContinuationToken | None = None,
+    ) -> Page:
+        return await self.around(
+            "list", self.inner.list(group, limit=limit, continuation_token=continuation_token)
+        )
 
 
 RepositoryFactory = Callable[..., AbstractAsyncContextManager[Repository]]
