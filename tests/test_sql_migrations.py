@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -225,6 +226,33 @@ async def test_memory_sqlite_still_validates_its_table_name() -> None:
             pass
     async with sqlite_repository() as repo:
         assert type(repo).__name__ == "InMemoryRepository"
+
+
+async def test_sqlite_start_up_waits_for_a_writer_holding_the_file(tmp_path: Path) -> None:
+    """Switching a rollback-journal file to WAL fails at once, ignoring the busy
+    timeout, while another connection writes; start-up must wait for it instead."""
+    path = tmp_path / "busy.db"
+    writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    writer.execute("CREATE TABLE other (x INTEGER)")
+    writer.execute("BEGIN IMMEDIATE")
+    writer.execute("INSERT INTO other VALUES (1)")
+
+    async def commit_later() -> None:
+        await asyncio.sleep(0.3)
+        writer.execute("COMMIT")
+
+    try:
+        release = asyncio.ensure_future(commit_later())
+        async with sqlite_repository(sqlite_database=str(path)) as repo:
+            assert release.done()
+            await repo.register("g", [reg("a", T0)], now=T0, force=False)
+            assert (await repo.get("g", "a")) is not None
+        await release
+        assert writer.execute("SELECT x FROM other").fetchall() == [(1,)]
+    finally:
+        writer.close()
+    with closing(sqlite3.connect(path)) as reader:
+        assert reader.execute("PRAGMA journal_mode").fetchone() == ("wal",)
 
 
 @pytest.mark.parametrize("backend_name", list(FACTORIES))

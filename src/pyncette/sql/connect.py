@@ -10,7 +10,13 @@ from typing import Any
 from sqlalchemy import MetaData
 from sqlalchemy.engine import URL
 
-from pyncette.sql.engine import create_engine, detect_capabilities, mask, translate_errors
+from pyncette.sql.engine import (
+    create_engine,
+    detect_capabilities,
+    enable_wal,
+    mask,
+    translate_errors,
+)
 from pyncette.sql.migrations import ensure_table
 from pyncette.sql.names import validate_table_name
 from pyncette.sql.options import as_bool, as_int
@@ -74,6 +80,8 @@ async def open_sql_repository(
         async with translate_errors(where):
             async with engine.connect() as conn:
                 caps = detect_capabilities(conn.dialect)
+            if engine.dialect.name == "sqlite":
+                await enable_wal(engine)
             await ensure_table(
                 engine,
                 table_name,

@@ -7,6 +7,7 @@ resulting :class:`Capabilities`.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -149,12 +150,14 @@ def create_engine(url: URL, *, pool_size: int) -> AsyncEngine:
 
 
 def _take_over_sqlite_transactions(engine: AsyncEngine) -> None:
-    """WAL, a busy timeout, and ``BEGIN IMMEDIATE`` for every transaction.
+    """A busy timeout, and ``BEGIN IMMEDIATE`` for every transaction.
 
     The sqlite3 module's own transaction handling begins lazily and only before DML,
     so a read-then-write transaction could fail to upgrade its lock when another
     process wrote in between. Taking the write lock up front makes every transaction
     serialisable across processes sharing the file; the busy timeout queues them.
+    Nothing here takes a lock, so opening a connection never fails on a busy file;
+    the switch to WAL is made once, at start-up, by :func:`enable_wal`.
     """
 
     @event.listens_for(engine.sync_engine, "connect")
@@ -163,7 +166,6 @@ def _take_over_sqlite_transactions(engine: AsyncEngine) -> None:
         cursor = dbapi_connection.cursor()
         try:
             cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS:d}")
-            cursor.execute("PRAGMA journal_mode = WAL")
             cursor.execute("PRAGMA synchronous = NORMAL")
         finally:
             cursor.close()
@@ -172,6 +174,38 @@ def _take_over_sqlite_transactions(engine: AsyncEngine) -> None:
     def _on_begin(connection: Connection) -> None:
         if not connection.get_execution_options().get(_NO_BEGIN):
             connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def is_sqlite_busy(error: exc.DBAPIError) -> bool:
+    """Whether SQLite refused ``error``'s statement because another connection held
+    the file (``SQLITE_BUSY`` / ``SQLITE_LOCKED``)."""
+    return isinstance(error, exc.OperationalError) and "is locked" in str(error.orig)
+
+
+async def enable_wal(engine: AsyncEngine) -> None:
+    """Put the SQLite file in WAL mode, so readers never wait for the writer.
+
+    WAL is a property of the file: once set it holds for every later connection, so
+    it is set once per start-up rather than per connection. Switching a file from a
+    rollback journal needs it to be free of writers, and SQLite reports a busy file
+    at once here instead of waiting out the busy timeout; so wait, with backoff, up
+    to the busy timeout before giving up.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    delay = 0.005
+    while True:
+        try:
+            async with engine.connect() as conn:
+                conn = await conn.execution_options(**{_NO_BEGIN: True})
+                await conn.exec_driver_sql("PRAGMA journal_mode = WAL")
+            return
+        except exc.OperationalError as error:
+            if not is_sqlite_busy(error) or loop.time() + delay > deadline:
+                raise
+        logger.debug("SQLite file busy while switching to WAL; retrying in %.3f s", delay)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.25)
 
 
 def _lock_key(table: str) -> int:
