@@ -1,16 +1,12 @@
 -- Apply finished executions. ARGV[1] is a JSON array of [name, lease, next run in
 -- microseconds, or false to delete the row].
 -- KEYS: rows hash, due index, name index. Returns the names whose lease was stale.
-local batch = cjson.decode(ARGV[1])
-local names = {}
-for i = 1, #batch do
-  names[i] = batch[i][1]
-end
-local current = batch_reader(KEYS[1], names)
-local order, scores, lost, touched = {}, {}, {}, {}
-for i = 1, #batch do
-  local name, lease, next_at = batch[i][1], batch[i][2], batch[i][3]
-  local value = current[name]
+local entries = cjson.decode(ARGV[1])
+local batch = batch_open(KEYS[1], entries)
+local lost = {}
+for i = 1, #entries do
+  local name, lease, next_at = entries[i][1], entries[i][2], entries[i][3]
+  local value = batch.current[name]
   local applied = false
   if value then
     local _, dur, till, holder, tail = read_row(value)
@@ -18,14 +14,9 @@ for i = 1, #batch do
       applied = true
       if next_at then
         local sched = integer(next_at)
-        current[name] = write_row(sched, dur, '', '', tail)
-        scores[name] = sched
+        batch_set(batch, name, write_row(sched, dur, '', '', tail), sched)
       else
-        current[name] = false
-      end
-      if not touched[name] then
-        touched[name] = true
-        order[#order + 1] = name
+        batch_set(batch, name, false)
       end
     end
   end
@@ -33,5 +24,5 @@ for i = 1, #batch do
     lost[#lost + 1] = name
   end
 end
-batch_write(KEYS, order, current, scores)
+batch_close(KEYS, batch)
 return lost

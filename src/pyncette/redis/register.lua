@@ -2,16 +2,12 @@
 -- [name, scheduled_at, lease duration (microseconds), spec or false].
 -- KEYS: rows hash, due index, name index. Returns the names left untouched.
 local now, force = tonumber(ARGV[1]), ARGV[2] == '1'
-local batch = cjson.decode(ARGV[3])
-local names = {}
-for i = 1, #batch do
-  names[i] = batch[i][1]
-end
-local current = batch_reader(KEYS[1], names)
-local order, scores, skipped, touched = {}, {}, {}, {}
-for i = 1, #batch do
-  local name, sched, dur, spec = batch[i][1], batch[i][2], batch[i][3], batch[i][4]
-  local value = current[name]
+local entries = cjson.decode(ARGV[3])
+local batch = batch_open(KEYS[1], entries)
+local skipped = {}
+for i = 1, #entries do
+  local name, sched, dur, spec = entries[i][1], entries[i][2], entries[i][3], entries[i][4]
+  local value = batch.current[name]
   local write = true
   if value then
     local old_sched, _, till = read_row(value)
@@ -28,15 +24,10 @@ for i = 1, #batch do
     if spec then
       tail = 's' .. spec
     end
-    current[name] = write_row(at, integer(dur), '', '', tail)
-    scores[name] = at
-    if not touched[name] then
-      touched[name] = true
-      order[#order + 1] = name
-    end
+    batch_set(batch, name, write_row(at, integer(dur), '', '', tail), at)
   end
 end
-batch_write(KEYS, order, current, scores)
+local order = batch_close(KEYS, batch)
 if #order > 0 then
   local listed = {}
   for i = 1, #order do

@@ -37,8 +37,14 @@ local function integer(number)
 end
 
 -- Sequential updates of a batch of rows, written back with a few multi-argument calls.
--- `current` maps a name to its value as the batch has left it (false: deleted).
-local function batch_reader(rows, names)
+-- batch_open reads the rows named by the first element of each entry; batch.current
+-- maps a name to its value as the batch has left it (false: deleted); batch_set
+-- changes one; batch_close writes every changed row back, in the order first changed.
+local function batch_open(rows, entries)
+  local names = {}
+  for i = 1, #entries do
+    names[i] = entries[i][1]
+  end
   local current = {}
   if #names > 0 then
     local values = redis.call('HMGET', rows, unpack(names))
@@ -46,12 +52,22 @@ local function batch_reader(rows, names)
       current[names[i]] = values[i]
     end
   end
-  return current
+  return {current = current, order = {}, scores = {}, touched = {}}
 end
 
-local function batch_write(keys, order, current, scores)
+local function batch_set(batch, name, value, score)
+  batch.current[name] = value
+  batch.scores[name] = score
+  if not batch.touched[name] then
+    batch.touched[name] = true
+    batch.order[#batch.order + 1] = name
+  end
+end
+
+local function batch_close(keys, batch)
   local rows, due, index = keys[1], keys[2], keys[3]
-  local hset, zadd, gone, n, m, k = {}, {}, {}, 0, 0, 0
+  local order, current, scores = batch.order, batch.current, batch.scores
+  local hset, zadd, gone, n, k = {}, {}, {}, 0, 0
   for i = 1, #order do
     local name = order[i]
     local value = current[name]
@@ -75,4 +91,5 @@ local function batch_write(keys, order, current, scores)
       redis.call('ZREM', index, unpack(gone))
     end
   end
+  return order
 end
