@@ -57,7 +57,9 @@ class SqlRepository(Repository):
       the rows still locked, the ones left alone) or ``INSERT … ON DUPLICATE KEY
       UPDATE`` with guarded assignments (MySQL; the driver sends it as one multi-row
       ``INSERT``) after locking the existing rows, which tells the live leases it will
-      leave alone, and unlocking expired ones if there are any.
+      leave alone, and unlocking expired ones if there are any. Where that is one
+      statement it runs without ``BEGIN``/``COMMIT``: on PostgreSQL always, and on
+      SQLite for a single row, as the upsert ``RETURNING`` the name if it wrote the row.
     """
 
     def __init__(
@@ -259,10 +261,17 @@ class SqlRepository(Repository):
                 lambda conn, chunk=chunk: self._register_chunk(  # type: ignore[misc]
                     conn, group, chunk, now=now, force=force
                 ),
-                atomic=True,
+                atomic=not self._one_statement_register(chunk),
                 attempts=REGISTER_ATTEMPTS,
             )
         return [reg.name for reg in registrations if reg.name in skipped]
+
+    def _one_statement_register(self, chunk: Sequence[Registration]) -> bool:
+        """Whether registering ``chunk`` is a single statement, atomic without a
+        transaction around it (saving its ``BEGIN`` and ``COMMIT`` round trips):
+        always with array parameters, and for one row where the upsert can return."""
+        caps = self._caps
+        return caps.array_params or (len(chunk) == 1 and caps.returning and caps.upsert_where)
 
     async def _register_chunk(
         self,
@@ -286,6 +295,12 @@ class SqlRepository(Repository):
             }
             written = set((await conn.execute(sql.upsert(), arrays)).scalars())
             return {reg.name for reg in chunk if reg.name not in written}
+        if self._one_statement_register(chunk):
+            (reg,) = chunk
+            row = {**shared, "name": reg.name, "spec": reg.spec, "at": reg.scheduled_at}
+            row.update(duration=reg.lease_duration, locked_by=None)
+            written = set((await conn.execute(sql.upsert_one(), row)).scalars())
+            return {reg.name} - written
         names = {"group": group, "names": [reg.name for reg in chunk], "now": now}
         held: set[str] | None = None
         if not self._caps.upsert_where:

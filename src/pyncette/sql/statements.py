@@ -17,6 +17,7 @@ from sqlalchemy import (
     CompoundSelect,
     Delete,
     Executable,
+    Insert,
     Integer,
     Select,
     String,
@@ -225,6 +226,16 @@ class Statements:
             if self.caps.returning:
                 stmt = stmt.returning(self.table.c.name)
             self._case_updates["commit", size] = stmt
+        return stmt
+
+    def upsert_one(self) -> Executable:
+        """The one-row :meth:`upsert` with ``RETURNING`` the name when it wrote the row
+        (SQLite 3.35+): a single registration is then one statement, atomic on its own."""
+        stmt = self._upserts.get("one")
+        if stmt is None:
+            upsert = self.upsert()
+            assert isinstance(upsert, Insert)
+            stmt = self._upserts["one"] = upsert.returning(self.table.c.name)
         return stmt
 
     def upsert(self, *, force: bool = False) -> Executable:
