@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import subprocess
+import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -73,3 +75,22 @@ def test_steady_keeps_up(kind: str, tmp_path: Path) -> None:
     # Every instance runs every 0.4 s: at least two full rounds of all 50 in 1 s.
     assert result["executions"] >= 100
     assert result["lateness_ms"]["count"] > 0
+
+
+@pytest.mark.service("dynamodb")
+def test_moto_limits_measures_writes_and_queries() -> None:
+    """The raw moto measurement behind the DynamoDB figures runs and reads back what it
+    stored (the script checks each query's item count)."""
+    arguments = ["--sizes", "30,150", "--writes", "20", "--queries", "2"]
+    completed = subprocess.run(
+        [sys.executable, "-m", "benchmarks.moto_limits", *arguments],
+        cwd=WORKER.parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert "conditional PutItem, 16 thread(s)" in completed.stdout
+    assert "| 30 | " in completed.stdout
+    assert "| 150 | " in completed.stdout
