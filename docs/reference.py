@@ -25,6 +25,7 @@ MODULES = [
     "pyncette.dynamodb",
     "pyncette.healthcheck",
     "pyncette.prometheus",
+    "pyncette.legacy",
 ]
 OUTPUT = Path(__file__).with_name("reference.md")
 
