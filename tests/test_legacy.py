@@ -10,9 +10,12 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from backend_dynamodb import REGION, delete_table, isolate_aws_env, moto_client, unique_table
+from backend_redis import delete_namespace, unique_namespace
 from backend_sql import (
     MYSQL_HOST,
     MYSQL_PASSWORD,
@@ -23,7 +26,12 @@ from backend_sql import (
     postgres_url,
 )
 from pyncette import Context, Pyncette
-from pyncette.legacy import import_pyncette1_sql
+from pyncette.dynamodb import dynamodb_repository, table_definition
+from pyncette.legacy import (
+    import_pyncette1_dynamodb,
+    import_pyncette1_redis,
+    import_pyncette1_sql,
+)
 from pyncette.sql.engine import normalize_url
 from pyncette.task import default_partition_selector
 
@@ -126,8 +134,8 @@ async def fill(dialect: str, url: str, table: str) -> None:
         await engine.dispose()
 
 
-def make_app() -> Pyncette:
-    app = Pyncette()
+def make_app(**options: Any) -> Pyncette:
+    app = Pyncette(**options)
 
     @app.dynamic_task()
     async def hello(context: Context) -> None: ...
@@ -221,3 +229,131 @@ async def test_a_missing_sqlite_file_is_named_and_not_created(tmp_path: Path) ->
         with pytest.raises(ValueError, match="No SQLite file"):
             await import_pyncette1_sql(ctx, f"sqlite:///{missing}")
     assert not missing.exists()
+
+
+async def write_redis_v1(url: str, namespace: str) -> None:
+    """Instances laid out as Pyncette 1.x keeps them in Redis: a hash per instance and,
+    per dynamic task (or partition), a sorted set naming the hashes."""
+    client = Redis.from_url(url)
+    try:
+        for name, parent, task_spec, after in LEGACY_ROWS:
+            if parent is None:
+                continue
+            key = f"pyncette:{namespace}:task:{name}"
+            when = (after or NEXT_RUN).isoformat()
+            if task_spec is not None:
+                fields: dict[str, str | int] = {"version": 1, "execute_after": when}
+                fields["task_spec"] = task_spec
+                await client.hset(key, mapping=fields)  # type: ignore[arg-type]
+            await client.zadd(f"pyncette:{namespace}:index:{parent}", {f"{when}_{key}": 0})
+        # an index entry whose hash is gone (removed while it was being read)
+        gone = f"pyncette:{namespace}:task:hello:zoe"
+        await client.zadd(
+            f"pyncette:{namespace}:index:hello", {f"{NEXT_RUN.isoformat()}_{gone}": 0}
+        )
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.service("redis")
+async def test_redis_instances_are_imported(redis_url: str) -> None:
+    namespace = unique_namespace()
+    try:
+        await write_redis_v1(redis_url, namespace)
+        app = make_app()
+        hello, shard = app._tasks["hello"], app._tasks["shard"]
+        async with app.create() as ctx:
+            result = await import_pyncette1_redis(ctx, redis_url, namespace=namespace)
+            assert result.imported == 4
+            # tasks the app does not define are not read; zoe's hash is gone
+            assert set(result.skipped) == {"hello:frank", "hello:grace"}
+            alice = await ctx.get_task(hello, "alice")
+            assert alice is not None and alice.scheduled_at == NEXT_RUN
+            assert alice.task.interval == datetime.timedelta(seconds=300)
+            assert alice.task.extra_args == {"x": 1}
+            bob = await ctx.get_task(hello, "bob")
+            assert bob is not None and bob.scheduled_at == EXECUTE_AT
+            dave = await ctx.get_task(shard, "dave")
+            assert dave is not None and dave.scheduled_at == NEXT_RUN
+            assert await ctx.get_task(hello, "zoe") is None
+
+            other = await import_pyncette1_redis(ctx, redis_url, namespace=namespace + "x")
+            assert other.imported == 0 and not other.skipped
+    finally:
+        await delete_namespace(redis_url, namespace)
+
+
+def write_dynamodb_v1(endpoint: str, table: str, prefix: str) -> None:
+    """Items laid out as Pyncette 1.x writes them: one partition per dynamic task (or
+    partition), ``<prefix with ':' doubled>:<task>``, in a table of the same schema."""
+    client = moto_client(endpoint)
+    try:
+        client.create_table(TableName=table, BillingMode="PAY_PER_REQUEST", **table_definition())
+        for name, parent, task_spec, after in LEGACY_ROWS:
+            if parent is None:
+                continue
+            when = (after or NEXT_RUN).isoformat()
+            item: dict[str, Any] = {
+                "partition_id": {"S": f"{prefix.replace(':', '::')}:{parent}"},
+                "task_id": {"S": name},
+                "ready_at": {"S": f"{when}_{name}"},
+                "execute_after": {"S": when},
+                "version": {"N": "1"},
+            }
+            if task_spec is not None:
+                item["task_spec"] = {"S": task_spec}
+            client.put_item(TableName=table, Item=item)
+    finally:
+        client.close()
+
+
+@pytest.mark.service("dynamodb")
+@pytest.mark.parametrize("prefix", ["", "legacy:app"])
+async def test_dynamodb_instances_are_imported_into_the_same_table(
+    dynamodb_server: str, monkeypatch: pytest.MonkeyPatch, prefix: str
+) -> None:
+    isolate_aws_env(monkeypatch)
+    table = unique_table()
+    try:
+        write_dynamodb_v1(dynamodb_server, table, prefix)
+        location = {"endpoint": dynamodb_server, "region_name": REGION, "table_name": table}
+        # the new app keeps its own rows in the same table, under its own prefix
+        app = make_app(
+            repository_factory=dynamodb_repository,
+            dynamodb_endpoint=dynamodb_server,
+            dynamodb_region_name=REGION,
+            dynamodb_table_name=table,
+        )
+        hello, shard = app._tasks["hello"], app._tasks["shard"]
+        async with app.create() as ctx:
+            result = await import_pyncette1_dynamodb(ctx, partition_prefix=prefix, **location)
+            assert result.imported == 4
+            assert set(result.skipped) == {"hello:frank", "hello:grace"}
+            alice = await ctx.get_task(hello, "alice")
+            assert alice is not None and alice.scheduled_at == NEXT_RUN
+            assert alice.task.extra_args == {"x": 1}
+            carol = await ctx.get_task(hello, "carol")
+            assert carol is not None and carol.task.schedule == "0 2 * * *"
+            dave = await ctx.get_task(shard, "dave")
+            assert dave is not None and dave.scheduled_at == NEXT_RUN
+            page = await ctx.list_tasks(hello, limit=100)
+            assert sorted(state.task.name for state in page) == ["alice", "bob", "carol"]
+
+            again = await import_pyncette1_dynamodb(ctx, partition_prefix=prefix, **location)
+            assert again.imported == 4
+            elsewhere = await import_pyncette1_dynamodb(ctx, partition_prefix="other", **location)
+            assert elsewhere.imported == 0 and not elsewhere.skipped
+    finally:
+        delete_table(dynamodb_server, table)
+
+
+@pytest.mark.service("dynamodb")
+async def test_a_missing_dynamodb_table_is_named(
+    dynamodb_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    isolate_aws_env(monkeypatch)
+    async with make_app().create() as ctx:
+        with pytest.raises(ValueError, match="No DynamoDB table 'pyncette-nowhere'"):
+            await import_pyncette1_dynamodb(
+                ctx, endpoint=dynamodb_server, region_name=REGION, table_name="pyncette-nowhere"
+            )

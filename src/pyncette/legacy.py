@@ -1,26 +1,27 @@
-"""Bring the dynamic task instances of a Pyncette 1.x SQL table into this scheduler.
+"""Bring the dynamic task instances that Pyncette 1.x stored into this scheduler.
 
 Static tasks need nothing: they are registered again at start-up. Dynamic instances
 (``schedule_task`` calls made at run time) live only in the store, and pyncette keeps
-its own table, so a team switching from Pyncette 1.x stops its 1.x apps and runs
-``await import_pyncette1_sql(ctx, url)`` once, inside ``async with app.create() as
-ctx``, with the URL of the 1.x database (see docs/operations.md).
+its own table, keys and partitions, so a team switching from Pyncette 1.x stops its 1.x
+apps and, inside ``async with app.create() as ctx``, runs once the importer of the store
+1.x used: :func:`import_pyncette1_sql`, :func:`import_pyncette1_redis` or
+:func:`import_pyncette1_dynamodb` (see docs/operations.md).
 
-Pyncette 1.x keeps every backend's rows in one table (``pyncette_tasks`` by default)
-with a ``task_spec`` JSON column and the next run in ``execute_after``: a timestamp on
-PostgreSQL, epoch seconds on MySQL and SQLite. Each row whose parent is a dynamic or
-partitioned task of ``ctx``'s app is registered with its options and next run, as
+Each 1.x instance of a dynamic or partitioned task of ``ctx``'s app is registered with
+its options (1.x's ``task_spec`` JSON) and next run (its ``execute_after``), as
 ``schedule_task`` would (an instance already present keeps the sooner of the two
-runs); the 1.x lease, if any, is dropped. Rows of tasks the app does not define are
-reported and left alone. Running it twice is harmless.
+runs); the 1.x lease, if any, is dropped and the 1.x data is only read. Running an
+importer twice is harmless.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime
+import itertools
 import json
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,10 @@ from pyncette.task import Task
 logger = logging.getLogger(__name__)
 
 DEFAULT_TABLE = "pyncette_tasks"
+REDIS_PAGE = 500
+
+LegacyRow = tuple[str, str, Any, Any]
+"""A 1.x instance: its stored name, its parent's name, ``task_spec``, ``execute_after``."""
 
 
 @dataclass
@@ -48,7 +53,12 @@ async def import_pyncette1_sql(
     ctx: PyncetteContext, url: str, *, table: str = DEFAULT_TABLE
 ) -> ImportResult:
     """Register the dynamic instances stored in the Pyncette 1.x table ``table`` at
-    ``url`` (``postgresql://``, ``mysql://`` or ``sqlite:///path``) with ``ctx``."""
+    ``url`` (``postgresql://``, ``mysql://`` or ``sqlite:///path``) with ``ctx``.
+
+    1.x keeps every instance in one table, with its parent task's name, its
+    ``task_spec`` and ``execute_after`` (a timestamp on PostgreSQL, epoch seconds on
+    MySQL and SQLite). Rows of tasks the app does not define are reported in
+    :attr:`ImportResult.skipped` and left alone."""
     from sqlalchemy import inspect, text
 
     from pyncette.sql.engine import create_engine, mask, normalize_url, translate_errors
@@ -70,13 +80,132 @@ async def import_pyncette1_sql(
                 f"SELECT name, parent_name, task_spec, execute_after FROM {table} "  # noqa: S608 - validated identifier
                 "WHERE parent_name IS NOT NULL ORDER BY name"
             )
-            rows = (await conn.execute(query)).all()
+            rows = [tuple(row) for row in (await conn.execute(query)).all()]
     finally:
         await engine.dispose()
 
+    return await _import_rows(ctx, rows, f"table {table}")
+
+
+async def import_pyncette1_redis(
+    ctx: PyncetteContext, url: str, *, namespace: str = ""
+) -> ImportResult:
+    """Register the dynamic instances that Pyncette 1.x keeps in Redis at ``url`` under
+    ``namespace`` (its ``redis_namespace``; a single server or a cluster) with ``ctx``.
+
+    1.x keeps one sorted set per dynamic task (per partition of a partitioned task),
+    ``pyncette:<namespace>:index:<task>``, whose members name the instances' hashes; the
+    sets of the app's dynamic and partitioned tasks are read, other tasks' are not.
+    """
+    from pyncette.redis.connection import open_client
+    from pyncette.redis.settings import RedisSettings
+
+    if not isinstance(namespace, str):
+        raise ValueError(f"namespace must be a string, not {type(namespace).__name__}")
+    settings = RedisSettings.from_options({"redis_url": url})
+    client = await open_client(settings)
+    rows: list[LegacyRow] = []
+    try:
+        for template in _dynamic_templates(ctx).values():
+            for parent in _parent_names(template):
+                rows += await _redis_rows(client, f"pyncette:{namespace}:", parent)
+    finally:
+        await client.aclose()
+    return await _import_rows(ctx, rows, f"Redis namespace {namespace!r}")
+
+
+async def import_pyncette1_dynamodb(
+    ctx: PyncetteContext,
+    *,
+    table_name: str = "pyncette",
+    region_name: str | None = None,
+    endpoint: str | None = None,
+    partition_prefix: str = "",
+) -> ImportResult:
+    """Register the dynamic instances that Pyncette 1.x keeps in the DynamoDB table
+    ``table_name`` with ``ctx``; the arguments are 1.x's ``dynamodb_*`` options (its
+    partition prefix defaults to empty).
+
+    1.x keeps the instances of a dynamic task (of each partition of a partitioned task)
+    in one partition, ``<prefix with ':' doubled>:<task>``; the partitions of the app's
+    dynamic and partitioned tasks are read, others are not. The table may be the one
+    pyncette itself uses: its own items live in partitions of its own prefix.
+    """
+    import anyio
+    import anyio.to_thread
+
+    from pyncette.dynamodb.client import MAX_CONCURRENCY, Caller, TableNotFound, open_client
+    from pyncette.dynamodb.settings import DynamoDBSettings
+
+    options: dict[str, Any] = {"dynamodb_table_name": table_name}
+    if region_name is not None:
+        options["dynamodb_region_name"] = region_name
+    if endpoint is not None:
+        options["dynamodb_endpoint"] = endpoint
+    settings = DynamoDBSettings.from_options(options)
+    if not isinstance(partition_prefix, str):
+        raise ValueError("partition_prefix must be a string")
+    limiter = anyio.CapacityLimiter(MAX_CONCURRENCY)
+    client = await anyio.to_thread.run_sync(open_client, settings, limiter=limiter)
+    call = Caller(f"table {table_name!r} at {client.meta.endpoint_url}", limiter)
+    escaped = partition_prefix.replace(":", "::")
+    rows: list[LegacyRow] = []
+    try:
+        try:
+            await call(lambda: client.describe_table(TableName=table_name))
+        except TableNotFound:
+            raise ValueError(f"No DynamoDB table {table_name!r}: give the 1.x table") from None
+        for template in _dynamic_templates(ctx).values():
+            for parent in _parent_names(template):
+                request: dict[str, Any] = {
+                    "TableName": table_name,
+                    "KeyConditionExpression": "partition_id = :p",
+                    "ExpressionAttributeValues": {":p": {"S": f"{escaped}:{parent}"}},
+                    "ConsistentRead": True,
+                }
+                while True:
+                    page = await call(lambda request=request: client.query(**request))  # type: ignore[misc]
+                    for item in page.get("Items", []):
+                        spec = item.get("task_spec", {}).get("S")
+                        after = item.get("execute_after", {}).get("S")
+                        rows.append((item["task_id"]["S"], parent, spec, after))
+                    if "LastEvaluatedKey" not in page:
+                        break
+                    request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+    finally:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(client.close, limiter=limiter)
+    return await _import_rows(ctx, rows, f"DynamoDB table {table_name!r}")
+
+
+async def _redis_rows(client: Any, prefix: str, parent: str) -> list[LegacyRow]:
+    """The instances in 1.x's index of ``parent``, a page at a time."""
+    rows: list[LegacyRow] = []
+    for start in itertools.count(0, REDIS_PAGE):
+        members: list[Any] = await client.zrange(
+            f"{prefix}index:{parent}", start, start + REDIS_PAGE - 1
+        )
+        # a member is "<execute_after or locked_until>_<key of the instance's hash>"
+        keys = [bytes(member).decode().split("_", 1)[-1] for member in members]
+        values: list[list[Any]] = await asyncio.gather(
+            *(client.hmget(key, "execute_after", "task_spec") for key in keys)
+        )
+        for key, (execute_after, task_spec) in zip(keys, values, strict=True):
+            if task_spec is not None:  # else removed since the index was read
+                name = key.removeprefix(f"{prefix}task:")
+                rows.append((name, parent, bytes(task_spec).decode(), execute_after))
+        if len(members) < REDIS_PAGE:
+            return rows
+    raise AssertionError("unreachable")
+
+
+async def _import_rows(
+    ctx: PyncetteContext, rows: Iterable[LegacyRow], source: str
+) -> ImportResult:
+    """Register 1.x rows (name, parent name, ``task_spec``, ``execute_after``)."""
     result = ImportResult()
     templates = _dynamic_templates(ctx)
-    batches: dict[str, list[Registration]] = {}
+    batches: dict[str, list[tuple[str, Registration]]] = {}
     now = ctx.clock.now()
     for row_name, parent_name, raw_spec, execute_after in rows:
         template = _template_for(templates, str(parent_name))
@@ -87,27 +216,32 @@ async def import_pyncette1_sql(
             spec = json.loads(raw_spec) if isinstance(raw_spec, str) else raw_spec
             instance_name, options = _options(spec)
             instance = template.instantiate(instance_name, options)
+            scheduled_at = _as_time(execute_after) or instance.initial_run(now)
         except (ValueError, TypeError, KeyError) as error:
-            result.skipped[row_name] = f"unreadable task_spec: {error}"
+            result.skipped[row_name] = f"unreadable task_spec or execute_after: {error}"
             continue
-        scheduled_at = _as_time(execute_after) or instance.initial_run(now)
-        batches.setdefault(template.group_for(instance_name), []).append(
-            Registration(instance_name, instance.spec(), scheduled_at, instance.lease_duration)
+        registration = Registration(
+            instance_name, instance.spec(), scheduled_at, instance.lease_duration
         )
+        batches.setdefault(template.group_for(instance_name), []).append((row_name, registration))
     size = ctx.app.batch_size
-    for group, registrations in batches.items():
-        for start in range(0, len(registrations), size):
-            chunk = registrations[start : start + size]
-            locked = set(await ctx.repository.register(group, chunk, now=now, force=False))
-            for registration in chunk:
+    for group, entries in batches.items():
+        for start in range(0, len(entries), size):
+            chunk = entries[start : start + size]
+            locked = set(
+                await ctx.repository.register(
+                    group, [registration for _, registration in chunk], now=now, force=False
+                )
+            )
+            for row_name, registration in chunk:
                 if registration.name in locked:
-                    result.skipped[registration.name] = "running in this scheduler; left as is"
+                    result.skipped[row_name] = "running in this scheduler; left as is"
                 else:
                     result.imported += 1
     logger.info(
         "Imported %d Pyncette 1.x task instances from %s (%d skipped)",
         result.imported,
-        table,
+        source,
         len(result.skipped),
     )
     return result
@@ -115,6 +249,14 @@ async def import_pyncette1_sql(
 
 def _dynamic_templates(ctx: PyncetteContext) -> dict[str, Task]:
     return {task.name: task for task in ctx.app._tasks.values() if task.dynamic}
+
+
+def _parent_names(template: Task) -> list[str]:
+    """How 1.x names a dynamic task, or each partition of a partitioned one."""
+    if template.partition_count is None:
+        return [template.name]
+    escaped = template.name.replace(":", "::")
+    return [f"{escaped}:{partition}" for partition in range(template.partition_count)]
 
 
 def _template_for(templates: dict[str, Task], parent_name: str) -> Task | None:
@@ -152,9 +294,16 @@ def _options(spec: Any) -> tuple[str, dict[str, Any]]:
 
 def _as_time(value: Any) -> datetime.datetime | None:
     """``execute_after`` as an aware UTC datetime: 1.x stores a ``timestamptz`` on
-    PostgreSQL and epoch seconds (a number, or its text on SQLite) elsewhere."""
-    if value is None:
+    PostgreSQL, epoch seconds on MySQL and SQLite, ISO 8601 text in Redis."""
+    if isinstance(value, bytes):
+        value = value.decode()
+    if value is None or value == "":
         return None
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            value = datetime.datetime.fromisoformat(value)
     if isinstance(value, datetime.datetime):
         return value if value.tzinfo is not None else value.replace(tzinfo=datetime.UTC)
     return datetime.datetime.fromtimestamp(float(value), datetime.UTC)
