@@ -402,6 +402,43 @@ async def test_claim_looks_further_when_candidates_are_taken(endpoint: str, tabl
         assert result.next_due_at is not None and result.next_due_at <= T0 + LEASE
 
 
+async def test_items_pyncette_did_not_write_are_ignored_and_left_alone(
+    endpoint: str, table: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Pyncette 1.x with the partition prefix ``pyncette`` writes its instances of task
+    ``g`` to the partition this app uses for group ``g``; they must not stop the app."""
+    async with open_repo(endpoint, table) as repo:
+        client = moto_client(endpoint)
+        try:
+            legacy = {
+                "partition_id": {"S": "pyncette:g"},
+                "task_id": {"S": "g:old"},
+                "ready_at": {"S": "2000-01-01T00:00:00+00:00_g:old"},
+                "execute_after": {"S": "2000-01-01T00:00:00+00:00"},
+                "task_spec": {"S": '{"name": "old"}'},
+                "version": {"N": "1"},
+            }
+            client.put_item(TableName=table, Item=legacy)
+            await repo.register("g", [reg("a", T0), reg("b", T0 + LEASE)], now=T0, force=False)
+            with caplog.at_level(logging.WARNING, logger="pyncette.dynamodb.repository"):
+                first = await repo.claim("g", now=T0, limit=5, lease=A)
+                later = await repo.claim("g", now=T0 + 2 * LEASE, limit=5, lease=A)
+            assert [r.name for r in first.records] == ["a"]
+            assert first.next_due_at == T0 + LEASE
+            assert [r.name for r in later.records] == ["a", "b"]  # a's lease ran out
+            warnings = [r for r in caplog.records if "did not write" in r.getMessage()]
+            assert len(warnings) == 1 and "dynamodb_partition_prefix" in warnings[0].getMessage()
+            assert await repo.get("g", "g:old") is None
+            assert [r.name for r in (await repo.list("g", limit=10)).records] == ["a", "b"]
+            stored = client.get_item(
+                TableName=table,
+                Key={"partition_id": legacy["partition_id"], "task_id": legacy["task_id"]},
+            )["Item"]
+            assert stored == legacy
+        finally:
+            client.close()
+
+
 async def test_list_rejects_a_foreign_token(endpoint: str, table: str) -> None:
     async with open_repo(endpoint, table) as repo:
         with pytest.raises(ValueError, match="continuation token"):

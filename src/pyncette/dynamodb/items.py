@@ -107,6 +107,12 @@ class Row:
             registration.lease_duration,
         )
 
+    @staticmethod
+    def is_row(item: Item) -> bool:
+        """Whether pyncette wrote ``item``: not, say, Pyncette 1.x under the same
+        partition prefix, whose items have no ``scheduled_at`` or ``lease_duration``."""
+        return SCHEDULED_AT in item and LEASE_DURATION in item
+
     @classmethod
     def from_item(cls, item: Item) -> Row:
         spec = item.get(SPEC)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import functools
+import logging
 from collections.abc import Awaitable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
 
 MAX_WRITE_ATTEMPTS = 10
 """Read-modify-write rounds (register, unlock) before giving up under contention."""
@@ -47,16 +49,31 @@ _ONE = {"N": "1"}
 
 class DynamoDBRepository(Repository):
     """Each group is one partition of the table; claims read the ``ready_at`` local
-    secondary index in order and lock each candidate with an UpdateItem conditioned on
-    the version it read, so of two racing claims exactly one wins each row. Commits,
+    secondary index in order and lock each candidate with a PutItem conditioned on the
+    version it read, so of two racing claims exactly one wins each row. Commits,
     heartbeats and unlocks are conditioned on ``locked_by`` holding the caller's lease.
-    Writes of one call are sent concurrently, in worker threads."""
+    Writes of one call are sent concurrently, in worker threads. Items in the
+    partitions that pyncette did not write are ignored, never changed."""
 
     def __init__(self, client: DynamoDBClient, caller: Caller, table: str, prefix: str) -> None:
         self.client = client
         self.caller = caller
         self.table = table
         self.prefix = prefix
+        self._warned_foreign = False
+
+    def _foreign(self, item: Item) -> None:
+        """Note an item of a partition of ours that pyncette did not write (once)."""
+        if not self._warned_foreign:
+            self._warned_foreign = True
+            logger.warning(
+                "DynamoDB table %r: partition %r holds items pyncette did not write, such "
+                "as %r (Pyncette 1.x's, under the same partition prefix?); they are "
+                "ignored. Give this app another dynamodb_partition_prefix.",
+                self.table,
+                item[PARTITION_ID]["S"],
+                item[TASK_ID]["S"],
+            )
 
     def _partition(self, group: str) -> str:
         return partition(self.prefix, group)
@@ -113,7 +130,8 @@ class DynamoDBRepository(Repository):
                 if due_beyond:
                     start = index_key(partition_id, candidates[-1])
                     continue
-            next_due = Row.from_item(beyond[0]).due_at if beyond else None
+            ours = beyond and Row.is_row(beyond[0])
+            next_due = Row.from_item(beyond[0]).due_at if ours else None
             return ClaimResult(claimed, next_due)
 
     async def _index_page(
@@ -142,6 +160,9 @@ class DynamoDBRepository(Repository):
         """Lock one candidate: write it back with the new lease, conditioned on the
         version the query returned. The query projects every attribute, so a whole-item
         put is exact (an UpdateItem costs the same capacity, but far more on moto)."""
+        if not Row.is_row(item):
+            self._foreign(item)
+            return None
         row = Row.from_item(item)
         if row.due_at > now:
             return None
@@ -347,7 +368,7 @@ class DynamoDBRepository(Repository):
             )
         )
         item = response.get("Item")
-        return Row.from_item(item) if item is not None else None
+        return Row.from_item(item) if item is not None and Row.is_row(item) else None
 
     async def get(self, group: str, name: str) -> Record | None:
         row = await self._read(self._partition(group), name)
@@ -377,7 +398,7 @@ class DynamoDBRepository(Repository):
         token = None
         if page and (len(items) > limit or "LastEvaluatedKey" in response):
             token = encode_token(page[-1][TASK_ID]["S"])
-        return Page([Row.from_item(item).record() for item in page], token)
+        return Page([Row.from_item(item).record() for item in page if Row.is_row(item)], token)
 
 
 _NAMES = {
