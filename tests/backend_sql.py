@@ -44,6 +44,11 @@ def postgres_url(database: str) -> str:
     return f"postgresql://{PG_USER}@{PG_HOST}:{PG_PORT}/{database}"
 
 
+def mysql_url(database: str) -> str:
+    password = f":{MYSQL_PASSWORD}" if MYSQL_PASSWORD else ""
+    return f"mysql://{MYSQL_USER}{password}@{MYSQL_HOST}:{MYSQL_PORT}/{database}"
+
+
 @contextmanager
 def fresh_postgres_database() -> Iterator[str]:
     """Create an empty database on the running server; yield its name; drop it."""

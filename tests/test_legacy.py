@@ -16,15 +16,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from backend_dynamodb import REGION, delete_table, isolate_aws_env, moto_client, unique_table
 from backend_redis import delete_namespace, unique_namespace
-from backend_sql import (
-    MYSQL_HOST,
-    MYSQL_PASSWORD,
-    MYSQL_PORT,
-    MYSQL_USER,
-    fresh_mysql_database,
-    fresh_postgres_database,
-    postgres_url,
-)
+from backend_sql import fresh_mysql_database, fresh_postgres_database, mysql_url, postgres_url
 from pyncette import Context, Pyncette
 from pyncette.dynamodb import dynamodb_repository, table_definition
 from pyncette.legacy import (
@@ -95,8 +87,7 @@ def _postgres(tmp_path: Path) -> Iterator[tuple[str, str]]:
 
 def _mysql(tmp_path: Path) -> Iterator[tuple[str, str]]:
     with fresh_mysql_database() as name:
-        password = f":{MYSQL_PASSWORD}" if MYSQL_PASSWORD else ""
-        yield "mysql", f"mysql://{MYSQL_USER}{password}@{MYSQL_HOST}:{MYSQL_PORT}/{name}"
+        yield "mysql", mysql_url(name)
 
 
 SOURCES = {"sqlite": _sqlite, "postgres": _postgres, "mysql": _mysql}

@@ -21,13 +21,10 @@ from sqlalchemy import Connection, MetaData, inspect, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from backend_sql import (
-    MYSQL_HOST,
-    MYSQL_PASSWORD,
-    MYSQL_PORT,
-    MYSQL_USER,
     fresh_mysql_database,
     fresh_postgres_database,
     mysql_options,
+    mysql_url,
     postgres_url,
     unique_name,
 )
@@ -79,8 +76,7 @@ def _postgres(tmp_path: Path) -> Iterator[Target]:
 
 def _mysql(tmp_path: Path) -> Iterator[Target]:
     with fresh_mysql_database() as name:
-        password = f":{MYSQL_PASSWORD}" if MYSQL_PASSWORD else ""
-        url = f"mysql://{MYSQL_USER}{password}@{MYSQL_HOST}:{MYSQL_PORT}/{name}"
+        url = mysql_url(name)
         yield Target("mysql", url, mysql_repository, mysql_options(name), "mysql_")
 
 
