@@ -172,6 +172,18 @@ async def test_start_up_upgrade_matches_the_table_definition(target: Target) -> 
     assert await _execute(target, f"SELECT version_num FROM {table}_alembic_version") == [("0001",)]
 
 
+async def test_creating_the_table_logs_no_driver_warnings(
+    target: Target, caplog: pytest.LogCaptureFixture
+) -> None:
+    """MySQL ignores a name given to a primary key and says so in a note, which asyncmy
+    logs as a warning: the version table's key must be created without one."""
+    with caplog.at_level(logging.INFO):
+        async with target.factory(**target.options(unique_name())):
+            pass
+    noisy = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert noisy == []
+
+
 async def test_skip_table_create_without_a_table_names_the_table_and_command(
     server: Target,
 ) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from alembic import command, context
 from alembic.config import Config
-from sqlalchemy import Connection, MetaData, inspect
+from sqlalchemy import Column, Connection, MetaData, String, Table, inspect
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pyncette.sql.engine import (
@@ -102,6 +102,21 @@ async def ensure_table(
             )
 
 
+def _create_version_table(connection: Connection, table: str) -> None:
+    """Create the version table as Alembic would, but with an unnamed primary key.
+
+    Alembic names the key ``<version table>_pkc``; MySQL ignores names of primary keys
+    (they are all ``PRIMARY``) and answers with a note that drivers log as a warning.
+    The table is the same either way; Alembic finds it and uses it.
+    """
+    versions = Table(
+        version_table_name(table),
+        MetaData(),
+        Column("version_num", String(32), primary_key=True, nullable=False),
+    )
+    versions.create(connection, checkfirst=True)
+
+
 def run_env() -> None:
     """The body of ``alembic/env.py``."""
     config = context.config
@@ -116,6 +131,8 @@ def run_env() -> None:
 
     def migrate(connection: Connection) -> None:
         with migration_lock(connection, table, detect_capabilities(connection.dialect)):
+            if connection.dialect.name == "mysql":
+                _create_version_table(connection, table)
             context.configure(
                 connection=connection,
                 target_metadata=metadata,
