@@ -173,6 +173,19 @@ async def test_big_batches_are_split_but_all_applied(redis_backend: BackendConfi
         assert (await repository.list("g", limit=10)).records == []
 
 
+@pytest.mark.service("redis")
+async def test_claim_drops_index_entries_without_a_row(redis_backend: BackendConfig) -> None:
+    async with redis_repository(**redis_backend.options) as repository:
+        assert isinstance(repository, RedisRepository)
+        await repository.register("g", regs(["a"]), now=T0, force=False)
+        keys = group_keys(redis_backend.options["redis_namespace"], "g")
+        await repository._client.zadd(keys.due, {"debris": 0})
+        claimed = await repository.claim("g", now=T0, limit=10, lease=A)
+        assert [r.name for r in claimed.records] == ["a"]
+        assert await repository._client.zscore(keys.due, "debris") is None
+        assert await repository._client.zscore(keys.due, "a") is not None
+
+
 # -- private servers: script cache flushes and restarts -------------------------------
 
 

@@ -2,7 +2,7 @@
 -- microseconds, or false to delete the row].
 -- KEYS: rows hash, due index, name index. Returns the names whose lease was stale.
 local entries = cjson.decode(ARGV[1])
-local batch = batch_open(KEYS[1], entries)
+local batch = batch_open(KEYS[1], names_of(entries))
 local lost = {}
 for i = 1, #entries do
   local name, lease, next_at = entries[i][1], entries[i][2], entries[i][3]

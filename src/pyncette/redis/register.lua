@@ -3,7 +3,7 @@
 -- KEYS: rows hash, due index, name index. Returns the names left untouched.
 local now, force = tonumber(ARGV[1]), ARGV[2] == '1'
 local entries = cjson.decode(ARGV[3])
-local batch = batch_open(KEYS[1], entries)
+local batch = batch_open(KEYS[1], names_of(entries))
 local skipped = {}
 for i = 1, #entries do
   local name, sched, dur, spec = entries[i][1], entries[i][2], entries[i][3], entries[i][4]

@@ -36,15 +36,33 @@ local function integer(number)
   return format('%.0f', number)
 end
 
--- Sequential updates of a batch of rows, written back with a few multi-argument calls.
--- batch_open reads the rows named by the first element of each entry; batch.current
--- maps a name to its value as the batch has left it (false: deleted); batch_set
--- changes one; batch_close writes every changed row back, in the order first changed.
-local function batch_open(rows, entries)
+-- The fields of row `name` if lease `lease` holds it; nil otherwise.
+local function held_row(rows, name, lease)
+  local value = redis.call('HGET', rows, name)
+  if not value then
+    return nil
+  end
+  local sched, dur, till, holder, tail = read_row(value)
+  if till == '' or holder ~= lease then
+    return nil
+  end
+  return sched, dur, till, holder, tail
+end
+
+-- The first element of each entry of a JSON batch: the row names.
+local function names_of(entries)
   local names = {}
   for i = 1, #entries do
     names[i] = entries[i][1]
   end
+  return names
+end
+
+-- Sequential updates of a batch of rows, written back with a few multi-argument calls.
+-- batch_open reads the rows `names`; batch.current maps a name to its value as the
+-- batch has left it (false: deleted); batch_set changes one; batch_close writes every
+-- changed row back, in the order first changed.
+local function batch_open(rows, names)
   local current = {}
   if #names > 0 then
     local values = redis.call('HMGET', rows, unpack(names))

@@ -2,12 +2,8 @@
 -- KEYS: rows hash, due index. Returns 1, or 0 when the row is missing or not held.
 local rows, due = KEYS[1], KEYS[2]
 local name, lease = ARGV[1], ARGV[2]
-local value = redis.call('HGET', rows, name)
-if not value then
-  return 0
-end
-local sched, dur, till, holder, tail = read_row(value)
-if till == '' or holder ~= lease then
+local sched, dur, _, _, tail = held_row(rows, name, lease)
+if not sched then
   return 0
 end
 redis.call('HSET', rows, name, write_row(sched, dur, '', '', tail))
