@@ -62,8 +62,14 @@ class DynamoDBRepository(Repository):
         self.prefix = prefix
         self._warned_foreign = False
 
-    def _foreign(self, item: Item) -> None:
-        """Note an item of a partition of ours that pyncette did not write (once)."""
+    def _row(self, item: Item | None) -> Row | None:
+        """``item`` as a row; ``None`` for no item, or for one pyncette did not write
+        (noted once: Pyncette 1.x's, under the same partition prefix?), which every
+        caller then leaves alone."""
+        if item is None:
+            return None
+        if Row.is_row(item):
+            return Row.from_item(item)
         if not self._warned_foreign:
             self._warned_foreign = True
             logger.warning(
@@ -74,6 +80,7 @@ class DynamoDBRepository(Repository):
                 item[PARTITION_ID]["S"],
                 item[TASK_ID]["S"],
             )
+        return None
 
     def _partition(self, group: str) -> str:
         return partition(self.prefix, group)
@@ -130,8 +137,8 @@ class DynamoDBRepository(Repository):
                 if due_beyond:
                     start = index_key(partition_id, candidates[-1])
                     continue
-            ours = beyond and Row.is_row(beyond[0])
-            next_due = Row.from_item(beyond[0]).due_at if ours else None
+            after = self._row(beyond[0]) if beyond else None
+            next_due = after.due_at if after is not None else None
             return ClaimResult(claimed, next_due)
 
     async def _index_page(
@@ -160,11 +167,8 @@ class DynamoDBRepository(Repository):
         """Lock one candidate: write it back with the new lease, conditioned on the
         version the query returned. The query projects every attribute, so a whole-item
         put is exact (an UpdateItem costs the same capacity, but far more on moto)."""
-        if not Row.is_row(item):
-            self._foreign(item)
-            return None
-        row = Row.from_item(item)
-        if row.due_at > now:
+        row = self._row(item)
+        if row is None or row.due_at > now:
             return None
         locked_until = now + row.lease_duration
         locked = {
@@ -284,7 +288,7 @@ class DynamoDBRepository(Repository):
                     )
                 )
             except ConditionFailed as refused:
-                row = Row.from_item(refused.item) if refused.item else None
+                row = self._row(refused.item)
                 continue
             return True
         raise BackendUnavailableError(
@@ -344,7 +348,7 @@ class DynamoDBRepository(Repository):
             try:
                 await self.caller(functools.partial(self.client.put_item, **request))
             except ConditionFailed as refused:
-                old = Row.from_item(refused.item) if refused.item else None
+                old = self._row(refused.item)
                 continue
             return False
         raise BackendUnavailableError(
@@ -367,8 +371,7 @@ class DynamoDBRepository(Repository):
                 TableName=self.table, Key=key(partition_id, name), ConsistentRead=True
             )
         )
-        item = response.get("Item")
-        return Row.from_item(item) if item is not None and Row.is_row(item) else None
+        return self._row(response.get("Item"))
 
     async def get(self, group: str, name: str) -> Record | None:
         row = await self._read(self._partition(group), name)
@@ -398,7 +401,8 @@ class DynamoDBRepository(Repository):
         token = None
         if page and (len(items) > limit or "LastEvaluatedKey" in response):
             token = encode_token(page[-1][TASK_ID]["S"])
-        return Page([Row.from_item(item).record() for item in page if Row.is_row(item)], token)
+        rows = [self._row(item) for item in page]
+        return Page([row.record() for row in rows if row is not None], token)
 
 
 _NAMES = {
