@@ -24,6 +24,7 @@ from pyncette.legacy import (
     import_pyncette1_redis,
     import_pyncette1_sql,
 )
+from pyncette.model import Lease
 from pyncette.sql.engine import normalize_url
 from pyncette.task import default_partition_selector
 
@@ -191,6 +192,26 @@ async def test_a_sooner_run_already_registered_is_kept(legacy_table: tuple[str, 
         assert alice is not None
         assert alice.scheduled_at == sooner
         assert alice.task.interval == datetime.timedelta(seconds=300)
+
+
+async def test_an_instance_running_in_the_new_scheduler_is_left_alone(
+    legacy_table: tuple[str, str],
+) -> None:
+    dialect, url = legacy_table
+    await fill(dialect, url, "pyncette_tasks")
+    app = make_app()
+    hello = app._tasks["hello"]
+    async with app.create() as ctx:
+        await ctx.schedule_task(hello, "alice", execute_at=EXECUTE_AT)
+        lease = Lease("running")
+        claim = await ctx.repository.claim("hello", now=EXECUTE_AT, limit=10, lease=lease)
+        assert [r.name for r in claim.records] == ["alice"]
+        result = await import_pyncette1_sql(ctx, url)
+        assert result.imported == 3
+        assert result.skipped["hello:alice"] == "running in this scheduler; left as is"
+        alice = await ctx.get_task(hello, "alice")
+        assert alice is not None and alice.locked_by == lease
+        assert alice.task.execute_at == EXECUTE_AT
 
 
 async def test_bad_table_names_and_urls_are_refused(tmp_path: Path) -> None:

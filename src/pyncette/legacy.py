@@ -106,9 +106,8 @@ async def import_pyncette1_redis(
     client = await open_client(settings)
     rows: list[LegacyRow] = []
     try:
-        for template in _dynamic_templates(ctx).values():
-            for parent in _parent_names(template):
-                rows += await _redis_rows(client, f"pyncette:{namespace}:", parent)
+        for parent in _parents(ctx):
+            rows += await _redis_rows(client, f"pyncette:{namespace}:", parent)
     finally:
         await client.aclose()
     return await _import_rows(ctx, rows, f"Redis namespace {namespace!r}")
@@ -155,23 +154,22 @@ async def import_pyncette1_dynamodb(
             await call(lambda: client.describe_table(TableName=table_name))
         except TableNotFound:
             raise ValueError(f"No DynamoDB table {table_name!r}: give the 1.x table") from None
-        for template in _dynamic_templates(ctx).values():
-            for parent in _parent_names(template):
-                request: dict[str, Any] = {
-                    "TableName": table_name,
-                    "KeyConditionExpression": "partition_id = :p",
-                    "ExpressionAttributeValues": {":p": {"S": f"{escaped}:{parent}"}},
-                    "ConsistentRead": True,
-                }
-                while True:
-                    page = await call(lambda request=request: client.query(**request))  # type: ignore[misc]
-                    for item in page.get("Items", []):
-                        spec = item.get("task_spec", {}).get("S")
-                        after = item.get("execute_after", {}).get("S")
-                        rows.append((item["task_id"]["S"], parent, spec, after))
-                    if "LastEvaluatedKey" not in page:
-                        break
-                    request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        for parent in _parents(ctx):
+            request: dict[str, Any] = {
+                "TableName": table_name,
+                "KeyConditionExpression": "partition_id = :p",
+                "ExpressionAttributeValues": {":p": {"S": f"{escaped}:{parent}"}},
+                "ConsistentRead": True,
+            }
+            while True:
+                page = await call(lambda request=request: client.query(**request))  # type: ignore[misc]
+                for item in page.get("Items", []):
+                    spec = item.get("task_spec", {}).get("S")
+                    after = item.get("execute_after", {}).get("S")
+                    rows.append((item["task_id"]["S"], parent, spec, after))
+                if "LastEvaluatedKey" not in page:
+                    break
+                request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
     finally:
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(client.close, limiter=limiter)
@@ -204,11 +202,12 @@ async def _import_rows(
 ) -> ImportResult:
     """Register 1.x rows (name, parent name, ``task_spec``, ``execute_after``)."""
     result = ImportResult()
-    templates = _dynamic_templates(ctx)
-    batches: dict[str, list[tuple[str, Registration]]] = {}
+    parents = _parents(ctx)
+    by_group: dict[str, list[Registration]] = {}
+    row_names: dict[tuple[str, str], str] = {}
     now = ctx.clock.now()
     for row_name, parent_name, raw_spec, execute_after in rows:
-        template = _template_for(templates, str(parent_name))
+        template = parents.get(str(parent_name))
         if template is None:
             result.skipped[row_name] = f"no dynamic task {parent_name!r} in this app"
             continue
@@ -220,24 +219,15 @@ async def _import_rows(
         except (ValueError, TypeError, KeyError) as error:
             result.skipped[row_name] = f"unreadable task_spec or execute_after: {error}"
             continue
-        registration = Registration(
-            instance_name, instance.spec(), scheduled_at, instance.lease_duration
+        group = template.group_for(instance_name)
+        by_group.setdefault(group, []).append(
+            Registration(instance_name, instance.spec(), scheduled_at, instance.lease_duration)
         )
-        batches.setdefault(template.group_for(instance_name), []).append((row_name, registration))
-    size = ctx.app.batch_size
-    for group, entries in batches.items():
-        for start in range(0, len(entries), size):
-            chunk = entries[start : start + size]
-            locked = set(
-                await ctx.repository.register(
-                    group, [registration for _, registration in chunk], now=now, force=False
-                )
-            )
-            for row_name, registration in chunk:
-                if registration.name in locked:
-                    result.skipped[row_name] = "running in this scheduler; left as is"
-                else:
-                    result.imported += 1
+        row_names[group, instance_name] = row_name
+    locked = await ctx._register_groups(by_group, now, force=False)
+    for key in locked:
+        result.skipped[row_names[key]] = "running in this scheduler; left as is"
+    result.imported = len(row_names) - len(locked)
     logger.info(
         "Imported %d Pyncette 1.x task instances from %s (%d skipped)",
         result.imported,
@@ -247,30 +237,20 @@ async def _import_rows(
     return result
 
 
-def _dynamic_templates(ctx: PyncetteContext) -> dict[str, Task]:
-    return {task.name: task for task in ctx.app._tasks.values() if task.dynamic}
-
-
-def _parent_names(template: Task) -> list[str]:
-    """How 1.x names a dynamic task, or each partition of a partitioned one."""
-    if template.partition_count is None:
-        return [template.name]
-    escaped = template.name.replace(":", "::")
-    return [f"{escaped}:{partition}" for partition in range(template.partition_count)]
-
-
-def _template_for(templates: dict[str, Task], parent_name: str) -> Task | None:
-    """The template a 1.x ``parent_name`` refers to: a dynamic task's name, or for a
-    partitioned task ``<name with ':' doubled>:<partition>``."""
-    template = templates.get(parent_name)
-    if template is not None and template.partition_count is None:
-        return template
-    escaped, sep, partition = parent_name.rpartition(":")
-    if sep and partition.isdigit():
-        template = templates.get(escaped.replace("::", ":"))
-        if template is not None and template.partition_count is not None:
-            return template
-    return None
+def _parents(ctx: PyncetteContext) -> dict[str, Task]:
+    """Every name 1.x gives the parent of an instance of ``ctx``'s app's templates: a
+    dynamic task's name, or ``<name with ':' doubled>:<partition>`` per partition."""
+    parents: dict[str, Task] = {}
+    for task in ctx.app._tasks.values():
+        if not task.dynamic:
+            continue
+        if task.partition_count is None:
+            parents[task.name] = task
+            continue
+        escaped = task.name.replace(":", "::")
+        for partition in range(task.partition_count):
+            parents[f"{escaped}:{partition}"] = task
+    return parents
 
 
 def _options(spec: Any) -> tuple[str, dict[str, Any]]:

@@ -764,18 +764,27 @@ class PyncetteContext:
                     name, instance.spec(), instance.initial_run(now), instance.lease_duration
                 )
             )
-        locked: list[str] = []
-        size = self._app.batch_size
-        for group, registrations in by_group.items():
-            for start in range(0, len(registrations), size):
-                chunk = registrations[start : start + size]
-                locked += await self._repository.register(group, chunk, now=now, force=force)
-                self._note_due(group, min(r.scheduled_at for r in chunk))
+        locked = [name for _, name in await self._register_groups(by_group, now, force)]
         if locked:
             raise TaskLockedException(
                 template, f"Instances locked by running executions: {', '.join(sorted(locked))}"
             )
         return created
+
+    async def _register_groups(
+        self, by_group: Mapping[str, list[Registration]], now: datetime.datetime, force: bool
+    ) -> list[tuple[str, str]]:
+        """Register rows in ``batch_size`` chunks per group, waking the loop for any that
+        fall due sooner; return the (group, name) pairs left alone because locked."""
+        locked: list[tuple[str, str]] = []
+        size = self._app.batch_size
+        for group, registrations in by_group.items():
+            for start in range(0, len(registrations), size):
+                chunk = registrations[start : start + size]
+                skipped = await self._repository.register(group, chunk, now=now, force=force)
+                locked += [(group, name) for name in skipped]
+                self._note_due(group, min(r.scheduled_at for r in chunk))
+        return locked
 
     async def unschedule_task(self, task: Task, instance_name: str | None = None) -> None:
         """Remove a dynamic task instance (given as the instance, or template + name)."""
