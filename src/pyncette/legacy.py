@@ -41,7 +41,7 @@ LegacyRow = tuple[str, str, Any, Any]
 
 @dataclass
 class ImportResult:
-    """What :func:`import_pyncette1_sql` did."""
+    """What one of the importers did."""
 
     imported: int = 0
     """Instances registered."""

@@ -176,7 +176,7 @@ def _take_over_sqlite_transactions(engine: AsyncEngine) -> None:
             connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def is_sqlite_busy(error: exc.DBAPIError) -> bool:
+def _is_sqlite_busy(error: exc.DBAPIError) -> bool:
     """Whether SQLite refused ``error``'s statement because another connection held
     the file (``SQLITE_BUSY`` / ``SQLITE_LOCKED``)."""
     return isinstance(error, exc.OperationalError) and "is locked" in str(error.orig)
@@ -201,7 +201,7 @@ async def enable_wal(engine: AsyncEngine) -> None:
                 await conn.exec_driver_sql("PRAGMA journal_mode = WAL")
             return
         except exc.OperationalError as error:
-            if not is_sqlite_busy(error) or loop.time() + delay > deadline:
+            if not _is_sqlite_busy(error) or loop.time() + delay > deadline:
                 raise
         logger.debug("SQLite file busy while switching to WAL; retrying in %.3f s", delay)
         await asyncio.sleep(delay)
