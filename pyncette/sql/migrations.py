@@ -37,7 +37,7 @@ DEFAULT_TABLE = "pyncette"
 def script_location() -> Path:
     """The ``alembic`` directory: inside the installed package, or at the source root."""
     package = Path(__file__).resolve().parent.parent
-    for candidate in (package / "_alembic" / "alembic", package.parent.parent / "alembic"):
+    for candidate in (package / "_alembic" / "alembic", package.parent / "alembic"):
         if (candidate / "env.py").is_file():
             return candidate
     raise FileNotFoundError("pyncette's alembic migrations are not installed")
