@@ -323,8 +323,8 @@ async def scale(config: dict[str, Any]) -> dict[str, Any]:
         now = datetime.datetime.now(UTC)
         later = now + datetime.timedelta(days=1)
         past = now - datetime.timedelta(seconds=1)
-        future_spec = bench_scale.instantiate("x", {"execute_at": later}).spec()
-        due_spec = bench_scale.instantiate("x", {"execute_at": past}).spec()
+        future_spec = bench_scale.make_instance("x", {"execute_at": later}).spec()
+        due_spec = bench_scale.make_instance("x", {"execute_at": past}).spec()
         lease = bench_scale.lease_duration
         setup_started = time.perf_counter()
         chunk = config.get("setup_chunk", 1000)

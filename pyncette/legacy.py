@@ -214,7 +214,7 @@ async def _import_rows(
         try:
             spec = json.loads(raw_spec) if isinstance(raw_spec, str) else raw_spec
             instance_name, options = _options(spec)
-            instance = template.instantiate(instance_name, options)
+            instance = template.make_instance(instance_name, options)
             scheduled_at = _as_time(execute_after) or instance.initial_run(now)
         except (ValueError, TypeError, KeyError) as error:
             result.skipped[row_name] = f"unreadable task_spec or execute_after: {error}"

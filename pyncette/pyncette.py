@@ -33,7 +33,7 @@ from pyncette.model import (
     TaskState,
 )
 from pyncette.repository import Commit, Record, Registration, Repository, RepositoryFactory
-from pyncette.task import STATIC_GROUP, Task, unwrap
+from pyncette.task import STATIC_GROUP, Task, make_task, unwrap
 
 logger = logging.getLogger(__name__)
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -130,7 +130,7 @@ class Pyncette:
             target = unwrap(func)
             name = options.get("name") or getattr(target, "__name__", "")
             rest = {key: value for key, value in options.items() if key != "name"}
-            return self._add_task(Task(name=str(name), func=target, **rest))
+            return self._add_task(make_task(name=str(name), func=target, **rest))
 
         return decorate
 
@@ -728,7 +728,7 @@ class PyncetteContext:
         ``force``, which overwrites it at once (the running execution loses its lease).
         """
         template = self._template(task)
-        instance = template.instantiate(instance_name, options)
+        instance = template.make_instance(instance_name, options)
         group = template.group_for(instance_name)
         now = self._clock.now()
         scheduled_at = instance.initial_run(now)
@@ -757,7 +757,7 @@ class PyncetteContext:
         created: list[Task] = []
         by_group: dict[str, list[Registration]] = {}
         for name, options in items:
-            instance = template.instantiate(name, dict(options))
+            instance = template.make_instance(name, dict(options))
             created.append(instance)
             by_group.setdefault(template.group_for(name), []).append(
                 Registration(

@@ -233,7 +233,7 @@ class Task:
 
     # -- dynamic instances ----------------------------------------------------------
 
-    def instantiate(self, instance_name: str, overrides: dict[str, Any]) -> Task:
+    def make_instance(self, instance_name: str, overrides: dict[str, Any]) -> Task:
         """A concrete instance of this dynamic template with ``overrides`` applied."""
         if not self.dynamic:
             raise ValueError(f"Task {self.name!r} is not a dynamic task")
@@ -310,7 +310,7 @@ class Task:
             elif key == "execute_at" and isinstance(value, dict):
                 value = datetime.datetime.fromisoformat(value["at"])
             overrides[key] = value
-        return self.instantiate(instance_name, overrides)
+        return self.make_instance(instance_name, overrides)
 
     # -- calling --------------------------------------------------------------------
 
@@ -322,6 +322,11 @@ class Task:
         return f"<{kind} {self.name!r}>"
 
 
+def make_task(**options: Any) -> Task:
+    """The task a decorator declares: a :class:`Task` built from the decorator's options."""
+    return Task(**options)
+
+
 def unwrap(func: TaskFunc | Task) -> TaskFunc:
     """The function under a task, so that decorators can be stacked."""
     return func.func if isinstance(func, Task) else func
@@ -329,4 +334,12 @@ def unwrap(func: TaskFunc | Task) -> TaskFunc:
 
 Decorator = Callable[[TaskFunc | Task], Task]
 
-__all__ = ["STATIC_GROUP", "UTC", "Decorator", "Task", "default_partition_selector", "unwrap"]
+__all__ = [
+    "STATIC_GROUP",
+    "UTC",
+    "Decorator",
+    "Task",
+    "default_partition_selector",
+    "make_task",
+    "unwrap",
+]
