@@ -10,6 +10,9 @@ from pathlib import Path
 
 MODULES = [
     "pyncette.pyncette",
+    "pyncette.app",
+    "pyncette.context",
+    "pyncette.events",
     "pyncette.task",
     "pyncette.model",
     "pyncette.executor",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+
 from pyncette.executor import DefaultExecutor, SynchronousExecutor
 from pyncette.model import (
     Context,
@@ -14,6 +16,11 @@ from pyncette.model import (
 )
 from pyncette.pyncette import Pyncette, PyncetteContext
 from pyncette.task import Task
+
+try:
+    __version__ = importlib.metadata.version("pyncette")
+except importlib.metadata.PackageNotFoundError:  # imported from a source tree, not installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "Context",

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-from collections.abc import Awaitable
+import types
+from collections.abc import Awaitable, Generator
 from typing import Protocol, TypeVar
 
 T = TypeVar("T")
@@ -41,3 +42,40 @@ class DefaultClock:
 
     async def wait_for(self, awaitable: Awaitable[T], timeout: float) -> T:  # noqa: ASYNC109
         return await asyncio.wait_for(awaitable, timeout)
+
+
+@types.coroutine
+def _bare_yield() -> Generator[None, None, None]:
+    yield
+
+
+async def yield_to_loop() -> None:
+    """Let every other ready coroutine run once, then continue.
+
+    The scheduler yields (to let concurrent calls join a batch, say) only through this,
+    never through ``asyncio.sleep(0)``: test harnesses written for Pyncette replace
+    ``asyncio.sleep`` with a virtual-time version under which even ``sleep(0)`` waits
+    until the test moves time on.
+    """
+    await _bare_yield()
+
+
+async def real_sleep(seconds: float) -> None:
+    """Wait ``seconds`` of real time, whatever test harness patched ``asyncio.sleep``.
+
+    For waits inside a backend call (a retry after a busy database, say): a harness
+    that treats the call as I/O in flight waits for it to finish before it moves its
+    virtual time on, so such a wait must not be virtual.
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[None] = loop.create_future()
+    handle = loop.call_later(max(seconds, 0.0), _resolve, future)
+    try:
+        await future
+    finally:
+        handle.cancel()
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

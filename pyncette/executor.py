@@ -1,10 +1,37 @@
-"""Executors decide how claimed executions run: concurrently (default) or one by one."""
+"""Executors decide how claimed executions run: concurrently (default) or one by one.
+
+An executor is an async context manager. Leaving it waits for the executions it
+started, or cancels them first when it is left by ``CancelledError``. Pyncette 1.x
+custom executors (an async context manager with ``spawn_task(awaitable)``, built with
+keyword arguments) are accepted as ``executor_cls`` too; see :func:`adapt`.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
-from typing import Any
+import logging
+from collections.abc import Awaitable, Coroutine
+from types import TracebackType
+from typing import Any, Protocol
+
+logger = logging.getLogger(__name__)
+
+
+class Runner(Protocol):
+    """What the poll loop needs of an executor."""
+
+    @property
+    def capacity(self) -> int:
+        """How many more executions can start now."""
+        ...
+
+    async def spawn(self, execution: Coroutine[Any, Any, None]) -> None: ...
+
+    async def wait_for_capacity(self) -> None: ...
+
+    def wake(self) -> None:
+        """Release anyone waiting for capacity (on shutdown)."""
+        ...
 
 
 class DefaultExecutor:
@@ -15,29 +42,40 @@ class DefaultExecutor:
     """
 
     def __init__(self, concurrency_limit: int = 100, **_: Any) -> None:
-        if isinstance(concurrency_limit, bool) or not isinstance(concurrency_limit, int):
-            raise ValueError(f"concurrency_limit must be an integer, got {concurrency_limit!r}")
-        if concurrency_limit < 1:
-            raise ValueError(f"concurrency_limit must be at least 1, got {concurrency_limit}")
         self.concurrency_limit = concurrency_limit
-        self._running: set[asyncio.Task[None]] = set()
+        self._running: set[asyncio.Future[None]] = set()
         self._freed = asyncio.Event()
+
+    async def __aenter__(self) -> DefaultExecutor:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self._running and exc_type is not None and issubclass(exc_type, asyncio.CancelledError):
+            logger.warning("Cancelling %d running executions", len(self._running))
+            self.cancel()
+        if self._running:
+            logger.info("Waiting for %d running executions to finish", len(self._running))
+        await self.join()
 
     @property
     def capacity(self) -> int:
-        """How many more executions can start now."""
         return self.concurrency_limit - len(self._running)
-
-    @property
-    def running(self) -> int:
-        return len(self._running)
 
     async def spawn(self, execution: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(execution)
         self._running.add(task)
         task.add_done_callback(self._finished)
 
-    def _finished(self, task: asyncio.Task[None]) -> None:
+    async def spawn_task(self, execution: Awaitable[None]) -> None:
+        """Pyncette 1.x's name for :meth:`spawn`."""
+        await self.spawn(_awaiting(execution))
+
+    def _finished(self, task: asyncio.Future[None]) -> None:
         self._running.discard(task)
         self._freed.set()
 
@@ -47,7 +85,6 @@ class DefaultExecutor:
             await self._freed.wait()
 
     def wake(self) -> None:
-        """Release anyone waiting for capacity (used on shutdown)."""
         self._freed.set()
 
     async def join(self) -> None:
@@ -73,3 +110,48 @@ class SynchronousExecutor(DefaultExecutor):
                 self._running.discard(task)
             else:
                 task.add_done_callback(self._finished)
+
+
+async def _awaiting(awaitable: Awaitable[None]) -> None:
+    await awaitable
+
+
+class _SpawnTaskRunner:
+    """Drives a Pyncette 1.x executor: it throttles inside ``spawn_task`` itself, so the
+    loop claims at most a batch at a time and hands every execution over."""
+
+    def __init__(self, executor: Any, batch_size: int) -> None:
+        self._executor = executor
+        self._batch_size = batch_size
+
+    @property
+    def capacity(self) -> int:
+        return self._batch_size
+
+    async def spawn(self, execution: Coroutine[Any, Any, None]) -> None:
+        await self._executor.spawn_task(execution)
+
+    async def wait_for_capacity(self) -> None:
+        return None
+
+    def wake(self) -> None:
+        return None
+
+
+def adapt(executor: object, batch_size: int) -> Runner:
+    """The :class:`Runner` for an executor built from ``executor_cls``.
+
+    Executors of this module (and subclasses that keep their ``spawn``) run natively;
+    anything else with a ``spawn_task`` coroutine method is driven the 1.x way.
+    """
+    if isinstance(executor, DefaultExecutor) and (
+        type(executor).spawn_task is DefaultExecutor.spawn_task
+    ):
+        return executor
+    if not callable(getattr(executor, "spawn_task", None)):
+        raise ValueError(
+            f"executor_cls built {executor!r}, which has no spawn_task(awaitable) method"
+        )
+    if not hasattr(executor, "__aenter__") or not hasattr(executor, "__aexit__"):
+        raise ValueError(f"executor_cls built {executor!r}, which is not an async context manager")
+    return _SpawnTaskRunner(executor, batch_size)

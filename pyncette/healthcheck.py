@@ -1,27 +1,40 @@
-"""An HTTP health endpoint: ``GET /health`` answers 200 while the poll loop is ticking."""
+"""An HTTP endpoint for liveness probes: 200 while the app is healthy, 500 otherwise.
+
+Requires the ``healthcheck`` extra (aiohttp). Every path answers, so a probe configured
+for ``/``, ``/healthz`` or ``/health`` works alike. ``GET`` and ``HEAD`` get the verdict
+(``HEAD`` without a body), any other method 405. Each connection serves one request and
+is closed; one that has not sent a complete request within ``request_timeout`` seconds
+is dropped, and a handler that takes longer than that counts as unhealthy. These
+timeouts are real time, not the scheduler's clock.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+
+from aiohttp import web
 
 from pyncette.pyncette import Pyncette, PyncetteContext
 
 logger = logging.getLogger(__name__)
 
 HealthcheckHandler = Callable[[PyncetteContext], Awaitable[bool]]
-_MAX_REQUEST_HEAD = 8192
+"""``async def handler(app_context) -> bool``: whether the app is healthy."""
+
+REQUEST_TIMEOUT = 10.0
+"""Default seconds a client has to send its request, and the handler has to decide."""
+_ALLOWED_METHODS = ("GET", "HEAD")
 
 
 async def default_healthcheck(app_context: PyncetteContext) -> bool:
-    """Healthy while the last completed tick is at most two poll intervals old."""
+    """Healthy while the last completed tick is less than two poll intervals old (never
+    before the first tick). Time is the app's clock, so virtual-time tests see it."""
     last_tick = app_context.last_tick
     if last_tick is None:
         return False
-    age = app_context.clock.now() - last_tick
-    return age <= 2 * app_context.app.poll_interval
+    return app_context.clock.now() - last_tick < 2 * app_context.poll_interval
 
 
 def use_healthcheck_server(
@@ -29,60 +42,74 @@ def use_healthcheck_server(
     port: int = 8080,
     bind_address: str | None = None,
     healthcheck_handler: HealthcheckHandler = default_healthcheck,
+    *,
+    request_timeout: float = REQUEST_TIMEOUT,
 ) -> None:
-    """Serve ``GET /health`` on ``bind_address:port`` for as long as the app runs.
+    """Serve the health endpoint on ``bind_address:port`` (all interfaces when ``None``)
+    for as long as the app runs, as the fixture ``_healthcheck``.
 
-    The answer is 200 when ``healthcheck_handler(app_context)`` returns true and 500
-    otherwise (also when it raises). Other paths get 404, other methods 405.
+    The answer is 200 when ``healthcheck_handler(app_context)`` returns true and 500 when
+    it returns false, raises (logged) or takes longer than ``request_timeout`` seconds.
     """
+    if request_timeout <= 0:
+        raise ValueError(f"request_timeout must be positive, got {request_timeout!r}")
 
-    async def serve(app_context: PyncetteContext) -> AsyncIterator[asyncio.Server]:
-        async def respond(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            try:
-                head = await reader.readuntil(b"\r\n\r\n")
-                status = await _status(head[:_MAX_REQUEST_HEAD], app_context, healthcheck_handler)
-                body = {200: b"OK\n", 404: b"Not found\n", 405: b"Method not allowed\n"}.get(
-                    status, b"Unhealthy\n"
-                )
-                reason = {200: "OK", 404: "Not Found", 405: "Method Not Allowed"}.get(
-                    status, "Internal Server Error"
-                )
-                writer.write(
-                    f"HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain\r\n"
-                    f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
-                    + body
-                )
-                await writer.drain()
-            except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
-                pass
-            finally:
-                writer.close()
-                with contextlib.suppress(ConnectionError):
-                    await writer.wait_closed()
+    async def verdict(app_context: PyncetteContext) -> bool:
+        deadline = asyncio.timeout(request_timeout)
+        try:
+            async with deadline:
+                return bool(await healthcheck_handler(app_context))
+        except Exception:
+            if deadline.expired():
+                logger.warning("Health check handler took longer than %.1f s", request_timeout)
+            else:
+                logger.exception("Health check handler failed")
+        return False
 
-        server = await asyncio.start_server(respond, bind_address, port)
-        logger.info("Health check listening on %s:%d", bind_address or "*", port)
+    async def healthcheck_fixture(app_context: PyncetteContext) -> AsyncIterator[asyncio.Server]:
+        loop = asyncio.get_running_loop()
+        deadlines: dict[web.RequestHandler, asyncio.TimerHandle] = {}
+
+        async def respond(request: web.BaseRequest) -> web.StreamResponse:
+            timer = deadlines.pop(request.protocol, None)
+            if timer is not None:
+                timer.cancel()
+            if request.method not in _ALLOWED_METHODS:
+                response = web.Response(
+                    status=405,
+                    text="Method not allowed\n",
+                    headers={"Allow": ", ".join(_ALLOWED_METHODS)},
+                )
+            elif await verdict(app_context):
+                response = web.Response(status=200, text="OK\n")
+            else:
+                response = web.Response(status=500, text="Unhealthy\n")
+            response.force_close()
+            return response
+
+        def drop(handler: web.RequestHandler) -> None:
+            if deadlines.pop(handler, None) is not None:
+                handler.force_close()
+
+        def connection() -> web.RequestHandler:
+            handler = http()
+            deadlines[handler] = loop.call_later(request_timeout, drop, handler)
+            return handler
+
+        # Probes come every few seconds: aiohttp's access log would drown the scheduler's.
+        http = web.Server(respond, access_log=None)
+        server = await loop.create_server(connection, bind_address, port)
+        for sock in server.sockets:
+            host, bound_port = sock.getsockname()[:2]
+            logger.info("Health check listening on %s port %d", host, bound_port)
         try:
             yield server
         finally:
             server.close()
+            for handler, timer in list(deadlines.items()):  # still waiting for a request
+                timer.cancel()
+                drop(handler)
+            await http.shutdown(request_timeout)  # lets answers being decided finish
             await server.wait_closed()
 
-    app._fixtures.append(("__healthcheck_server", serve))
-
-
-async def _status(head: bytes, app_context: PyncetteContext, handler: HealthcheckHandler) -> int:
-    parts = head.split(b"\r\n", 1)[0].split()
-    if len(parts) < 2:
-        return 405
-    method, target = parts[0], parts[1].split(b"?", 1)[0]
-    if target != b"/health":
-        return 404
-    if method not in (b"GET", b"HEAD"):
-        return 405
-    try:
-        healthy = await handler(app_context)
-    except Exception:
-        logger.exception("Health check handler failed")
-        healthy = False
-    return 200 if healthy else 500
+    app.use_fixture("_healthcheck", healthcheck_fixture)

@@ -1,42 +1,299 @@
-"""Bring the dynamic task instances that Pyncette 1.x stored into this scheduler.
+"""Pyncette 1.x data: carried over in place at start-up, or imported from elsewhere.
 
-Static tasks need nothing: they are registered again at start-up. Dynamic instances
-(``schedule_task`` calls made at run time) live only in the store, and pyncette keeps
-its own table, keys and partitions, so a team switching from Pyncette 1.x stops its 1.x
-apps and, inside ``async with app.create() as ctx``, runs once the importer of the store
-1.x used: :func:`import_pyncette1_sql`, :func:`import_pyncette1_redis` or
+Data that Pyncette 1.x left under the *same name* as the app's is converted when the app
+starts, under the backend's start-up lock: a SQL table (by the table's first Alembic
+revision, so ``alembic upgrade head`` does it too), a Redis namespace, or the items of
+a DynamoDB partition prefix. Data kept under another name (another table, namespace or
+prefix) is not this app's to take: to carry it over, stop the 1.x apps and, inside
+``async with app.create() as ctx``, run once the importer of the store 1.x used:
+:func:`import_pyncette1_sql`, :func:`import_pyncette1_redis` or
 :func:`import_pyncette1_dynamodb` (see docs/operations.md).
 
-Each 1.x instance of a dynamic or partitioned task of ``ctx``'s app is registered with
-its options (1.x's ``task_spec`` JSON) and next run (its ``execute_after``), as
-``schedule_task`` would (an instance already present keeps the sooner of the two
-runs); the 1.x lease, if any, is dropped and the 1.x data is only read. Running an
-importer twice is harmless.
+Each 1.x dynamic instance keeps its options and arguments (1.x's ``task_spec`` JSON)
+and next run (its ``execute_after``), as ``schedule_task`` would register it (an
+instance already present keeps the sooner of the two runs); a static task keeps its
+next run. 1.x leases are dropped. The importers only read the 1.x data; running one
+twice is harmless.
+
+The conversion of one stored 1.x task (:func:`convert`) needs nothing from the app: a
+1.x parent name is the template's name with ``:`` doubled, followed for a partition of
+a partitioned task by ``:<partition>`` (:func:`parse_parent`), which maps straight to
+this scheduler's group, ``<name>`` or ``<name>:<partition>``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime
+import functools
 import itertools
 import json
 import logging
-from collections.abc import Iterable
+import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pyncette.pyncette import PyncetteContext
+from pyncette.errors import PyncetteException
 from pyncette.repository import Registration
-from pyncette.task import Task
+from pyncette.task import MAX_NAME_LENGTH, STATIC_GROUP, Task
+
+if TYPE_CHECKING:
+    from pyncette.model import Context
+    from pyncette.pyncette import PyncetteContext
+
+__all__ = [
+    "ImportResult",
+    "Pyncette1DataError",
+    "import_pyncette1_dynamodb",
+    "import_pyncette1_redis",
+    "import_pyncette1_sql",
+]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_TABLE = "pyncette_tasks"
+"""Pyncette 1.x's default SQL table name."""
 REDIS_PAGE = 500
+LEASE_DURATION = datetime.timedelta(seconds=60)
+"""The lease of a converted row until the app registers it again: 1.x's default. 1.x
+stored no lease duration (it came from the task definition)."""
+MAX_LISTED = 10
+"""Bad entries named in one :class:`Pyncette1DataError`."""
 
-LegacyRow = tuple[str, str, Any, Any]
-"""A 1.x instance: its stored name, its parent's name, ``task_spec``, ``execute_after``."""
+
+class Pyncette1DataError(PyncetteException, ValueError):
+    """Pyncette 1.x data found under the app's name cannot be converted. Nothing was
+    changed; the message names the store and the entries, with the reason for each."""
+
+    def __init__(self, source: str, bad: Mapping[str, str]) -> None:
+        self.source = source
+        self.bad = dict(bad)
+        first = itertools.islice(bad.items(), MAX_LISTED)
+        listed = "; ".join(f"{key!r}: {why}" for key, why in first)
+        more = f" (and {len(bad) - MAX_LISTED} more)" if len(bad) > MAX_LISTED else ""
+        super().__init__(
+            f"Pyncette 1.x data in {source} cannot be converted, so nothing was changed. "
+            f"Fix or delete these {len(bad)} entries, then start again: {listed}{more}"
+        )
+
+
+# -- the 1.x format ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One task as Pyncette 1.x stored it, whatever the store."""
+
+    key: str
+    """1.x's canonical name: ``<name with ':' doubled>`` for a static task,
+    ``<parent>:<instance name with ':' doubled>`` for a dynamic instance."""
+    parent: str | None
+    """The canonical name of the instance's dynamic task (or of its partition);
+    ``None`` for a static task."""
+    task_spec: Any
+    """The instance's options as JSON text (or already decoded); none for a static task."""
+    execute_after: Any
+    """The next run: a datetime, epoch seconds, or ISO 8601 text."""
+
+
+def escape(name: str) -> str:
+    """A name as 1.x writes it inside canonical names: every ``:`` doubled."""
+    return name.replace(":", "::")
+
+
+def _split(canonical: str) -> list[str]:
+    """Split at single ``:`` (read left to right, ``::`` is a literal ``:``)."""
+    parts = [""]
+    at = 0
+    while at < len(canonical):
+        if canonical.startswith("::", at):
+            parts[-1] += ":"
+            at += 2
+        elif canonical[at] == ":":
+            parts.append("")
+            at += 1
+        else:
+            parts[-1] += canonical[at]
+            at += 1
+    return parts
+
+
+def parse_parent(parent: str) -> tuple[str, int | None]:
+    """The task name and partition (``None`` for a plain dynamic task) that a 1.x
+    parent name stands for: ``hello`` -> ``("hello", None)``, ``shard:3`` ->
+    ``("shard", 3)``, ``a::b`` -> ``("a:b", None)``. ``ValueError`` for anything
+    1.x cannot have written."""
+    parts = _split(parent)
+    if len(parts) == 1 and parts[0]:
+        return parts[0], None
+    if len(parts) == 2 and parts[0] and parts[1].isascii() and parts[1].isdigit():
+        return parts[0], int(parts[1])
+    raise ValueError(f"{parent!r} is not the name of a 1.x dynamic task or partition")
+
+
+def group_of(parent: str) -> str:
+    """This scheduler's group for the instances of a 1.x parent (see :func:`parse_parent`)."""
+    name, partition = parse_parent(parent)
+    return name if partition is None else f"{name}:{partition}"
+
+
+def instance_options(spec: Any) -> tuple[str, dict[str, Any]]:
+    """The instance name and ``schedule_task`` options of a 1.x ``task_spec``."""
+    if isinstance(spec, bytes):
+        spec = spec.decode()
+    if isinstance(spec, str):
+        spec = json.loads(spec)
+    if not isinstance(spec, dict):
+        raise ValueError(f"expected a JSON object, got {type(spec).__name__}")
+    extra = spec.get("extra_args") or {}
+    if not isinstance(extra, dict):
+        raise ValueError("extra_args is not a JSON object")
+    options: dict[str, Any] = dict(extra)
+    if spec.get("schedule") is not None:
+        options["schedule"] = spec["schedule"]
+    if spec.get("interval") is not None:
+        seconds = float(spec["interval"])
+        if not math.isfinite(seconds):
+            raise ValueError(f"bad interval {spec['interval']!r}")
+        options["interval"] = datetime.timedelta(seconds=seconds)
+    if spec.get("execute_at") is not None:
+        options["execute_at"] = datetime.datetime.fromisoformat(spec["execute_at"])
+    if spec.get("timezone") is not None:
+        options["timezone"] = spec["timezone"]
+    name = spec.get("name")
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"bad instance name {name!r}")
+    return name, options
+
+
+def as_time(value: Any) -> datetime.datetime | None:
+    """``execute_after`` as an aware UTC datetime: 1.x stores a ``timestamptz`` on
+    PostgreSQL, epoch seconds on MySQL and SQLite, ISO 8601 text in Redis and
+    DynamoDB. ``None`` when there is none."""
+    if isinstance(value, bytes):
+        value = value.decode()
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            value = datetime.datetime.fromisoformat(value)
+    if isinstance(value, datetime.datetime):
+        return value if value.tzinfo is not None else value.replace(tzinfo=datetime.UTC)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"bad execute_after {value!r}")
+    try:
+        return datetime.datetime.fromtimestamp(float(value), datetime.UTC)
+    except (OverflowError, OSError, ValueError):
+        raise ValueError(f"bad execute_after {value!r}") from None
+
+
+async def _never(context: Context) -> None:  # pragma: no cover - never executed
+    raise AssertionError("only used to validate converted 1.x instances")
+
+
+@functools.cache
+def _any_template() -> Task:
+    """A dynamic template with no options of its own: a 1.x ``task_spec`` holds every
+    option an instance has (1.x copied the template's into it), so validating it
+    against this template checks what the app's template would."""
+    return Task(name="pyncette1", func=_never, dynamic=True)
+
+
+def convert(entry: Entry, now: datetime.datetime) -> tuple[str, Registration]:
+    """The group and row that a 1.x entry becomes; ``ValueError`` (with the reason)
+    for anything 1.x cannot have written. ``now`` gives the next run of an instance
+    stored without one, as ``schedule_task`` would compute it."""
+    if entry.parent is None:
+        if entry.task_spec not in (None, ""):
+            raise ValueError("a static task (no parent) with a task_spec")
+        parts = _split(entry.key)
+        if len(parts) != 1 or not parts[0]:
+            raise ValueError("not the name of a 1.x static task")
+        at = as_time(entry.execute_after)
+        if at is None:
+            raise ValueError("a static task without execute_after")
+        return STATIC_GROUP, Registration(parts[0], None, at, LEASE_DURATION)
+    group = group_of(entry.parent)
+    if len(group) > MAX_NAME_LENGTH:
+        raise ValueError(f"task name longer than {MAX_NAME_LENGTH} characters")
+    try:
+        name, options = instance_options(entry.task_spec)
+    except (ValueError, TypeError, KeyError) as error:
+        raise ValueError(f"unreadable task_spec: {error}") from None
+    expected = f"{entry.parent}:{escape(name)}"
+    if entry.key != expected:
+        raise ValueError(f"stored as {entry.key!r}, but its parent and name make {expected!r}")
+    try:
+        instance = _any_template().make_instance(name, options)
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"invalid task_spec: {error}") from None
+    at = as_time(entry.execute_after) or instance.initial_run(now)
+    return group, Registration(name, instance.spec(), at, LEASE_DURATION)
+
+
+class Checker:
+    """Converts 1.x entries without keeping the result, noting every one that cannot
+    be converted (see :func:`check`)."""
+
+    def __init__(self, now: datetime.datetime) -> None:
+        self.now = now
+        self.count = 0
+        self.bad: dict[str, str] = {}
+        self._parents: dict[str, str] = {}
+
+    def add(self, entries: Iterable[Entry]) -> None:
+        for entry in entries:
+            self.count += 1
+            try:
+                group, _ = convert(entry, self.now)
+            except ValueError as error:
+                self.bad[entry.key] = str(error)
+                continue
+            # a dynamic task named "x:0" and partition 0 of "x" would share a group
+            other = self._parents.setdefault(group, str(entry.parent))
+            if other != str(entry.parent):
+                self.bad[entry.key] = (
+                    f"its task {entry.parent!r} and the task {other!r} would share group {group!r}"
+                )
+
+    def done(self, source: str) -> int:
+        """Raise :class:`Pyncette1DataError` if any entry was bad; else the count."""
+        if self.bad:
+            raise Pyncette1DataError(source, self.bad)
+        return self.count
+
+
+def check(entries: Iterable[Entry], now: datetime.datetime, source: str) -> int:
+    """Convert ``entries`` without keeping the result: raise :class:`Pyncette1DataError`
+    naming every one that cannot be converted; return how many there are."""
+    checker = Checker(now)
+    checker.add(entries)
+    return checker.done(source)
+
+
+async def pause(seconds: float) -> None:
+    """Wait ``seconds`` of real time while another instance converts 1.x data. Not
+    through ``asyncio.sleep``: harnesses written for Pyncette replace it with virtual
+    time, and waiting for another process is no part of the schedule."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:
+        if not done.done():
+            done.set_result(None)
+
+    handle = loop.call_later(seconds, wake)
+    try:
+        await done
+    finally:
+        handle.cancel()
+
+
+# -- importers (data under another name) -----------------------------------------------
 
 
 @dataclass
@@ -58,9 +315,11 @@ async def import_pyncette1_sql(
     1.x keeps every instance in one table, with its parent task's name, its
     ``task_spec`` and ``execute_after`` (a timestamp on PostgreSQL, epoch seconds on
     MySQL and SQLite). Rows of tasks the app does not define are reported in
-    :attr:`ImportResult.skipped` and left alone."""
-    from sqlalchemy import inspect, text
+    :attr:`ImportResult.skipped` and left alone. (A 1.x table named as the app's own
+    table is converted in place at start-up instead.)"""
+    from sqlalchemy import inspect
 
+    from pyncette.sql.adopt import read_entries
     from pyncette.sql.engine import create_engine, mask, normalize_url, translate_errors
     from pyncette.sql.names import validate_table_name
 
@@ -76,15 +335,13 @@ async def import_pyncette1_sql(
         async with translate_errors(where), engine.connect() as conn:
             if not await conn.run_sync(lambda sync: inspect(sync).has_table(table)):
                 raise ValueError(f"No table {table!r} at {where}: give the 1.x table as table=")
-            query = text(
-                f"SELECT name, parent_name, task_spec, execute_after FROM {table} "  # noqa: S608 - validated identifier
-                "WHERE parent_name IS NOT NULL ORDER BY name"
+            entries = await conn.run_sync(
+                lambda sync: [e for e in read_entries(sync, table) if e.parent is not None]
             )
-            rows = [tuple(row) for row in (await conn.execute(query)).all()]
     finally:
         await engine.dispose()
 
-    return await _import_rows(ctx, rows, f"table {table}")
+    return await _import_entries(ctx, entries, f"table {table}")
 
 
 async def import_pyncette1_redis(
@@ -96,7 +353,9 @@ async def import_pyncette1_redis(
     1.x keeps one sorted set per dynamic task (per partition of a partitioned task),
     ``pyncette:<namespace>:index:<task>``, whose members name the instances' hashes; the
     sets of the app's dynamic and partitioned tasks are read, other tasks' are not.
+    (1.x data in the app's own namespace is converted at start-up instead.)
     """
+    from pyncette.redis.adopt import read_index
     from pyncette.redis.connection import open_client
     from pyncette.redis.settings import RedisSettings
 
@@ -104,13 +363,13 @@ async def import_pyncette1_redis(
         raise ValueError(f"namespace must be a string, not {type(namespace).__name__}")
     settings = RedisSettings.from_options({"redis_url": url})
     client = await open_client(settings)
-    rows: list[LegacyRow] = []
+    entries: list[Entry] = []
     try:
         for parent in _parents(ctx):
-            rows += await _redis_rows(client, f"pyncette:{namespace}:", parent)
+            entries += await read_index(client, f"pyncette:{namespace}:", parent)
     finally:
         await client.aclose()
-    return await _import_rows(ctx, rows, f"Redis namespace {namespace!r}")
+    return await _import_entries(ctx, entries, f"Redis namespace {namespace!r}")
 
 
 async def import_pyncette1_dynamodb(
@@ -128,7 +387,8 @@ async def import_pyncette1_dynamodb(
     1.x keeps the instances of a dynamic task (of each partition of a partitioned task)
     in one partition, ``<prefix with ':' doubled>:<task>``; the partitions of the app's
     dynamic and partitioned tasks are read, others are not. The table may be the one
-    pyncette itself uses: its own items live in partitions of its own prefix.
+    pyncette itself uses: its own items live in partitions of its own prefix. (1.x
+    items under the app's own prefix are converted at start-up instead.)
     """
     import anyio
     import anyio.to_thread
@@ -147,8 +407,8 @@ async def import_pyncette1_dynamodb(
     limiter = anyio.CapacityLimiter(MAX_CONCURRENCY)
     client = await anyio.to_thread.run_sync(open_client, settings, limiter=limiter)
     call = Caller(f"table {table_name!r} at {client.meta.endpoint_url}", limiter)
-    escaped = partition_prefix.replace(":", "::")
-    rows: list[LegacyRow] = []
+    escaped = escape(partition_prefix)
+    entries: list[Entry] = []
     try:
         try:
             await call(lambda: client.describe_table(TableName=table_name))
@@ -166,65 +426,42 @@ async def import_pyncette1_dynamodb(
                 for item in page.get("Items", []):
                     spec = item.get("task_spec", {}).get("S")
                     after = item.get("execute_after", {}).get("S")
-                    rows.append((item["task_id"]["S"], parent, spec, after))
+                    entries.append(Entry(item["task_id"]["S"], parent, spec, after))
                 if "LastEvaluatedKey" not in page:
                     break
                 request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
     finally:
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(client.close, limiter=limiter)
-    return await _import_rows(ctx, rows, f"DynamoDB table {table_name!r}")
+    return await _import_entries(ctx, entries, f"DynamoDB table {table_name!r}")
 
 
-async def _redis_rows(client: Any, prefix: str, parent: str) -> list[LegacyRow]:
-    """The instances in 1.x's index of ``parent``, a page at a time."""
-    rows: list[LegacyRow] = []
-    for start in itertools.count(0, REDIS_PAGE):
-        members: list[Any] = await client.zrange(
-            f"{prefix}index:{parent}", start, start + REDIS_PAGE - 1
-        )
-        # a member is "<execute_after or locked_until>_<key of the instance's hash>"
-        keys = [bytes(member).decode().split("_", 1)[-1] for member in members]
-        values: list[list[Any]] = await asyncio.gather(
-            *(client.hmget(key, "execute_after", "task_spec") for key in keys)
-        )
-        for key, (execute_after, task_spec) in zip(keys, values, strict=True):
-            if task_spec is not None:  # else removed since the index was read
-                name = key.removeprefix(f"{prefix}task:")
-                rows.append((name, parent, bytes(task_spec).decode(), execute_after))
-        if len(members) < REDIS_PAGE:
-            return rows
-    raise AssertionError("unreachable")
-
-
-async def _import_rows(
-    ctx: PyncetteContext, rows: Iterable[LegacyRow], source: str
+async def _import_entries(
+    ctx: PyncetteContext, entries: Iterable[Entry], source: str
 ) -> ImportResult:
-    """Register 1.x rows (name, parent name, ``task_spec``, ``execute_after``)."""
+    """Register 1.x instances of the app's dynamic tasks through the app's templates."""
     result = ImportResult()
-    parents = _parents(ctx)
     by_group: dict[str, list[Registration]] = {}
     row_names: dict[tuple[str, str], str] = {}
     now = ctx.clock.now()
-    for row_name, parent_name, raw_spec, execute_after in rows:
-        template = parents.get(str(parent_name))
+    for entry in entries:
+        template = _template_of(ctx, str(entry.parent))
         if template is None:
-            result.skipped[row_name] = f"no dynamic task {parent_name!r} in this app"
+            result.skipped[entry.key] = f"no dynamic task {entry.parent!r} in this app"
             continue
         try:
-            spec = json.loads(raw_spec) if isinstance(raw_spec, str) else raw_spec
-            instance_name, options = _options(spec)
+            instance_name, options = instance_options(entry.task_spec)
             instance = template.make_instance(instance_name, options)
-            scheduled_at = _as_time(execute_after) or instance.initial_run(now)
+            scheduled_at = as_time(entry.execute_after) or instance.initial_run(now)
+            group = template.group_for(instance_name)
         except (ValueError, TypeError, KeyError) as error:
-            result.skipped[row_name] = f"unreadable task_spec or execute_after: {error}"
+            result.skipped[entry.key] = f"unreadable task_spec or execute_after: {error}"
             continue
-        group = template.group_for(instance_name)
         by_group.setdefault(group, []).append(
             Registration(instance_name, instance.spec(), scheduled_at, instance.lease_duration)
         )
-        row_names[group, instance_name] = row_name
-    locked = await ctx._register_groups(by_group, now, force=False)
+        row_names[group, instance_name] = entry.key
+    locked = await ctx.register_rows(by_group, force=False)
     for key in locked:
         result.skipped[row_names[key]] = "running in this scheduler; left as is"
     result.imported = len(row_names) - len(locked)
@@ -237,53 +474,27 @@ async def _import_rows(
     return result
 
 
-def _parents(ctx: PyncetteContext) -> dict[str, Task]:
+def _template_of(ctx: PyncetteContext, parent: str) -> Task | None:
+    """The app's dynamic task that 1.x's parent name ``parent`` stands for, if any."""
+    try:
+        name, partition = parse_parent(parent)
+    except ValueError:
+        return None
+    task = ctx.app.tasks.get(name)
+    if task is None or not task.dynamic or (partition is None) != (task.partition_count is None):
+        return None
+    return task
+
+
+def _parents(ctx: PyncetteContext) -> list[str]:
     """Every name 1.x gives the parent of an instance of ``ctx``'s app's templates: a
     dynamic task's name, or ``<name with ':' doubled>:<partition>`` per partition."""
-    parents: dict[str, Task] = {}
-    for task in ctx.app._tasks.values():
+    parents: list[str] = []
+    for task in ctx.app.tasks.values():
         if not task.dynamic:
             continue
         if task.partition_count is None:
-            parents[task.name] = task
-            continue
-        escaped = task.name.replace(":", "::")
-        for partition in range(task.partition_count):
-            parents[f"{escaped}:{partition}"] = task
+            parents.append(escape(task.name))
+        else:
+            parents += [f"{escape(task.name)}:{p}" for p in range(task.partition_count)]
     return parents
-
-
-def _options(spec: Any) -> tuple[str, dict[str, Any]]:
-    """The instance name and ``schedule_task`` options of a 1.x ``task_spec``."""
-    if not isinstance(spec, dict):
-        raise ValueError(f"expected a JSON object, got {type(spec).__name__}")
-    options: dict[str, Any] = dict(spec.get("extra_args") or {})
-    if spec.get("schedule") is not None:
-        options["schedule"] = spec["schedule"]
-    if spec.get("interval") is not None:
-        options["interval"] = datetime.timedelta(seconds=float(spec["interval"]))
-    if spec.get("execute_at") is not None:
-        options["execute_at"] = datetime.datetime.fromisoformat(spec["execute_at"])
-    if spec.get("timezone") is not None:
-        options["timezone"] = spec["timezone"]
-    name = spec["name"]
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"bad instance name {name!r}")
-    return name, options
-
-
-def _as_time(value: Any) -> datetime.datetime | None:
-    """``execute_after`` as an aware UTC datetime: 1.x stores a ``timestamptz`` on
-    PostgreSQL, epoch seconds on MySQL and SQLite, ISO 8601 text in Redis."""
-    if isinstance(value, bytes):
-        value = value.decode()
-    if value is None or value == "":
-        return None
-    if isinstance(value, str):
-        try:
-            value = float(value)
-        except ValueError:
-            value = datetime.datetime.fromisoformat(value)
-    if isinstance(value, datetime.datetime):
-        return value if value.tzinfo is not None else value.replace(tzinfo=datetime.UTC)
-    return datetime.datetime.fromtimestamp(float(value), datetime.UTC)

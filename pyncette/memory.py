@@ -169,7 +169,9 @@ class InMemoryRepository(Repository):
                 continue
             row.spec = reg.spec
             row.lease_duration = reg.lease_duration
-            row.scheduled_at = min(row.scheduled_at, reg.scheduled_at)
+            row.scheduled_at = (
+                reg.scheduled_at if force else min(row.scheduled_at, reg.scheduled_at)
+            )
             row.locked_by = row.locked_until = None
             g.push(row)
         return skipped

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import datetime
 import enum
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NewType, Protocol
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, NewType, Protocol, TypeVar
 
 if TYPE_CHECKING:
-    from pyncette.pyncette import PyncetteContext
+    from pyncette.context import PyncetteContext
     from pyncette.task import Task
 
 Lease = NewType("Lease", str)
@@ -17,6 +19,10 @@ Lease = NewType("Lease", str)
 
 ContinuationToken = NewType("ContinuationToken", str)
 """Opaque token for fetching the next page of :meth:`PyncetteContext.list_tasks`."""
+
+T = TypeVar("T")
+Decorator = Callable[[T], T]
+"""A decorator that returns what it is given (``Decorator[FixtureFunc]``, say)."""
 
 
 class ExecutionMode(enum.Enum):
@@ -39,12 +45,35 @@ class FailureMode(enum.Enum):
     """Treat the failure as success and schedule the next run."""
 
 
+class ResultType(enum.Enum):
+    """Outcome of polling one task, as Pyncette 1.x's repositories reported it."""
+
+    MISSING = 0
+    """No such task is stored."""
+    PENDING = 1
+    """Not due yet."""
+    READY = 2
+    """Due, and now leased to the caller."""
+    LOCKED = 3
+    """Due, but another execution holds the lease."""
+    LEASE_MISMATCH = 4
+    """The lease presented is not the current one."""
+
+
 class Heartbeater(Protocol):
+    """Extends the lease of one execution (what :meth:`Context.heartbeat` calls)."""
+
     def __call__(self) -> Awaitable[None]: ...
 
 
 class TaskFunc(Protocol):
     def __call__(self, context: Context) -> Awaitable[None]: ...
+
+
+class SyncTaskFunc(Protocol):
+    """A plain ``def`` task: it runs in a worker thread."""
+
+    def __call__(self, context: Context) -> None: ...
 
 
 class PartitionSelector(Protocol):
@@ -73,9 +102,44 @@ class Context:
     app_context: PyncetteContext
     task: Task
     scheduled_at: datetime.datetime
+    """When this run was due, in the task's timezone (UTC when it has none)."""
     args: dict[str, Any]
-    _group: str
-    _lease: Lease | None
+    _lease: Lease | None = None
+    _heartbeater: Heartbeater | None = None
+    _items: Mapping[str, Any] = MappingProxyType({})
+
+    @classmethod
+    def for_execution(
+        cls,
+        *,
+        app_context: PyncetteContext,
+        task: Task,
+        scheduled_at: datetime.datetime,
+        lease: Lease | None,
+        heartbeat: Callable[[Context], Awaitable[None]],
+        items: Mapping[str, Any],
+    ) -> Context:
+        """The context of one execution (built by the scheduler); ``heartbeat(context)``
+        is what :meth:`heartbeat` calls."""
+        context = cls()
+        context.app_context = app_context
+        context.task = task
+        context.scheduled_at = scheduled_at
+        context.args = dict(task.extra_args)
+        context._lease = lease
+        context._heartbeater = functools.partial(heartbeat, context)
+        context._items = items
+        return context
+
+    @property
+    def lease(self) -> Lease | None:
+        """The lease this execution holds: ``None`` for at-most-once executions and once
+        the lease is known to be lost. Commits, unlocks and heartbeats present it."""
+        return self._lease
+
+    @lease.setter
+    def lease(self, value: Lease | None) -> None:
+        self._lease = value
 
     async def heartbeat(self) -> None:
         """Extend this execution's lease by the task's lease duration.
@@ -83,7 +147,9 @@ class Context:
         Raises :class:`~pyncette.errors.LeaseLostException` if another instance took
         the lease or the task was removed. A no-op for at-most-once executions.
         """
-        await self.app_context._heartbeat(self)
+        if self._heartbeater is None:
+            raise RuntimeError("heartbeat() is only available while the task is executing")
+        await self._heartbeater()
 
     if TYPE_CHECKING:  # middlewares may set attributes of their own; this lets them type-check
 
@@ -94,7 +160,7 @@ class Context:
         if name.startswith("__"):
             raise AttributeError(name)
         try:
-            return self.app_context._items[name]
+            return self._items[name]
         except KeyError:
             raise AttributeError(f"Context has no attribute {name!r}") from None
 
@@ -125,3 +191,25 @@ class TaskPage:
 
     def __len__(self) -> int:
         return len(self.tasks)
+
+
+ListTasksResponse = TaskPage
+"""Pyncette 1.x's name for :class:`TaskPage` (the same class)."""
+
+
+@dataclass
+class PollResponse:
+    """Pyncette 1.x's result of polling one task: the outcome, when the task is (or
+    was) due, and the lease when the poll claimed it."""
+
+    result: ResultType
+    scheduled_at: datetime.datetime
+    lease: Lease | None
+
+
+@dataclass
+class QueryResponse:
+    """Pyncette 1.x's page of due instances of a dynamic task, each with its lease."""
+
+    tasks: list[tuple[Task, Lease]]
+    continuation_token: ContinuationToken | None

@@ -1,110 +1,320 @@
-"""Prometheus metrics for executions, repository operations and ticks.
+"""Prometheus metrics under the names and labels of Pyncette 1.x, so that its dashboards
+and alerts keep working.
 
 Requires the ``prometheus`` extra. Call :func:`use_prometheus` on the app and expose the
-default registry the usual way (e.g. ``prometheus_client.start_http_server``).
+default registry the usual way (e.g. ``prometheus_client.start_http_server``). Each kind
+of operation has four metrics, ``pyncette_<kind>_total`` (started),
+``pyncette_<kind>_duration_seconds``, ``pyncette_<kind>_failures_total`` (by
+``exception_type``) and ``pyncette_<kind>_in_progress``, for three kinds:
+
+* ``tasks`` -- executions, labelled ``task_name`` (the template's name for dynamic
+  instances, so series do not grow with instances), plus
+  ``pyncette_tasks_staleness_seconds``: actual start minus scheduled time, on the app's
+  clock;
+* ``repository_ops`` -- backend calls, labelled ``operation`` and ``task_name``: the
+  dynamic task a call touches, or ``__static__`` for the calls on static tasks, which
+  share one group of rows (a tick claims them all in one call);
+* ``ticks`` -- passes of the poll loop, unlabelled.
+
+Backend calls are named as 1.x named its repository methods: ``poll_task`` (claiming due
+static tasks), ``poll_dynamic_task`` (claiming due instances of a dynamic task or of one
+partition), ``commit_task``, ``extend_lease``, ``unlock_task``, ``register_task``,
+``unregister_task``, ``get_task_state`` and ``list_task_states``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime
+import math
+import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client.metrics import MetricWrapperBase
 
-from pyncette.model import Context
-from pyncette.pyncette import Pyncette
-from pyncette.repository import Repository, RepositoryProxy
+from pyncette.events import TickFinished, TickStarted
+from pyncette.model import Context, ContinuationToken, Lease
+from pyncette.pyncette import Pyncette, PyncetteContext
+from pyncette.repository import (
+    ClaimResult,
+    Commit,
+    Page,
+    Record,
+    Registration,
+    Repository,
+    RepositoryFactory,
+    RepositoryProxy,
+)
+from pyncette.task import STATIC_GROUP
 
 T = TypeVar("T")
+M = TypeVar("M", bound=MetricWrapperBase)
 
-EXECUTIONS = Counter(
-    "pyncette_executions_total", "Task executions by outcome", ["task_name", "outcome"]
-)
-EXECUTION_DURATION = Histogram(
-    "pyncette_execution_duration_seconds", "Time a task execution took", ["task_name"]
-)
-EXECUTIONS_IN_PROGRESS = Gauge(
-    "pyncette_executions_in_progress", "Executions running now", ["task_name"]
-)
-START_LATENESS = Histogram(
-    "pyncette_execution_lateness_seconds",
-    "Actual start minus scheduled time",
+STALENESS_BUCKETS = (
+    0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 25.0, 50.0, 75.0,
+    100.0, 250.0, 500.0, 750.0, 1000.0, math.inf,
+)  # fmt: skip
+"""Buckets of ``pyncette_tasks_staleness_seconds``, as in 1.x."""
+
+
+class OperationMetricSet:
+    """The four metrics of one kind of operation, ``pyncette_<operation_name>_*``: how
+    many started, how long they took, how many raised (by ``exception_type``) and how
+    many are running."""
+
+    def __init__(self, operation_name: str, labels: Sequence[str]) -> None:
+        prefix = f"pyncette_{operation_name}"
+        self.labelnames = tuple(labels)
+        self.requests = Counter(
+            f"{prefix}_total", f"Started {operation_name} operations", self.labelnames
+        )
+        self.requests_duration = Histogram(
+            f"{prefix}_duration_seconds", f"Time {operation_name} operations took", self.labelnames
+        )
+        self.exceptions = Counter(
+            f"{prefix}_failures_total",
+            f"Failed {operation_name} operations by exception type",
+            [*self.labelnames, "exception_type"],
+        )
+        self.requests_in_progress = Gauge(
+            f"{prefix}_in_progress", f"{operation_name} operations running now", self.labelnames
+        )
+
+    def started(self, **labels: str) -> None:
+        """One operation began (for operations that report their end separately)."""
+        _child(self.requests, labels).inc()
+        _child(self.requests_in_progress, labels).inc()
+
+    def finished(self, duration: float, error: BaseException | None = None, **labels: str) -> None:
+        """An operation :meth:`started` ended after ``duration`` seconds, raising ``error``
+        if that is not ``None``."""
+        _child(self.requests_in_progress, labels).dec()
+        _child(self.requests_duration, labels).observe(duration)
+        if error is not None:
+            self.exceptions.labels(**labels, exception_type=type(error).__name__).inc()
+
+    @contextlib.asynccontextmanager
+    async def measure(self, **labels: str) -> AsyncIterator[None]:
+        """Measure the block as one operation. Cancellation is not a failure, but the
+        duration is recorded either way."""
+        self.started(**labels)
+        began = time.perf_counter()
+        error: Exception | None = None
+        try:
+            yield
+        except Exception as exc:
+            error = exc
+            raise
+        finally:
+            self.finished(time.perf_counter() - began, error, **labels)
+
+
+def _child(metric: M, labels: dict[str, str]) -> M:
+    return metric.labels(**labels) if labels else metric
+
+
+TASKS = OperationMetricSet("tasks", ["task_name"])
+TASK_STALENESS = Histogram(
+    "pyncette_tasks_staleness_seconds",
+    "Actual start of task executions minus their scheduled time",
     ["task_name"],
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+    buckets=STALENESS_BUCKETS,
 )
-REPOSITORY_OPERATIONS = Counter(
-    "pyncette_repository_operations_total", "Repository calls by outcome", ["operation", "outcome"]
-)
-REPOSITORY_DURATION = Histogram(
-    "pyncette_repository_operation_duration_seconds", "Repository call time", ["operation"]
-)
-REPOSITORY_IN_PROGRESS = Gauge(
-    "pyncette_repository_operations_in_progress", "Repository calls in flight", ["operation"]
-)
-TICKS = Counter("pyncette_ticks_total", "Completed poll-loop ticks")
-TICK_DURATION = Histogram("pyncette_tick_duration_seconds", "Time one tick took")
+REPOSITORY_OPS = OperationMetricSet("repository_ops", ["operation", "task_name"])
+TICKS = OperationMetricSet("ticks", [])
+
+
+# -- executions ---------------------------------------------------------------------------
+
+
+async def prometheus_middleware(context: Context, next: Callable[[], Awaitable[None]]) -> None:
+    """Middleware measuring each execution (``pyncette_tasks_*``) and its staleness."""
+    task_name = context.task.template.name
+    late = context.app_context.clock.now() - context.scheduled_at
+    TASK_STALENESS.labels(task_name).observe(max(late, datetime.timedelta(0)).total_seconds())
+    async with TASKS.measure(task_name=task_name):
+        await next()
+
+
+# -- ticks --------------------------------------------------------------------------------
+
+
+async def prometheus_fixture(app_context: PyncetteContext) -> AsyncIterator[None]:
+    """Fixture measuring the poll loop's ticks (``pyncette_ticks_*``) while the app runs:
+    ``app.use_fixture("_prometheus", prometheus_fixture)``."""
+    open_ticks = 0
+
+    def on_start(event: TickStarted) -> None:
+        nonlocal open_ticks
+        open_ticks += 1
+        TICKS.started()
+
+    def on_finish(event: TickFinished) -> None:
+        nonlocal open_ticks
+        if open_ticks:  # else it started before this fixture subscribed
+            open_ticks -= 1
+            TICKS.finished(event.duration, event.error)
+
+    unsubscribe_start = app_context.app.subscribe(on_start, TickStarted)
+    unsubscribe_finish = app_context.app.subscribe(on_finish, TickFinished)
+    try:
+        yield
+    finally:
+        unsubscribe_start()
+        unsubscribe_finish()
+        # A tick cut short by cancellation never reports its end.
+        TICKS.requests_in_progress.dec(open_ticks)
+
+
+# -- the repository -----------------------------------------------------------------------
+
+_PARTITION = re.compile(r"(?s)(.+):\d+")
+
+
+def _template_of_group(group: str) -> str:
+    """The task name of a group, for a repository that does not know the app: a dynamic
+    task's name, its partitions' ``<name>:<partition>`` stripped to ``<name>``."""
+    if group == STATIC_GROUP:
+        return group
+    partition = _PARTITION.fullmatch(group)
+    return partition.group(1) if partition else group
+
+
+def _app_template_names(app: Pyncette) -> Callable[[str], str]:
+    """The task name of a group, as the app's dynamic tasks define their groups (exact
+    even for a dynamic task whose own name ends in ``:<number>``)."""
+    known: dict[str, str] = {STATIC_GROUP: STATIC_GROUP}
+
+    def task_name(group: str) -> str:
+        name = known.get(group)
+        if name is None:
+            for task in app.tasks.values():
+                if task.dynamic:
+                    known.update(dict.fromkeys(task.all_groups(), task.name))
+            name = known.setdefault(group, _template_of_group(group))
+        return name
+
+    return task_name
+
+
+class _MeteredRepository(RepositoryProxy):
+    """Measures every call of the repository it wraps as ``pyncette_repository_ops_*``.
+
+    :meth:`RepositoryProxy.around` is not told the group, which the ``task_name`` label
+    comes from, so each method is restated here.
+    """
+
+    def __init__(self, inner: Repository, task_name_of: Callable[[str], str]) -> None:
+        super().__init__(inner)
+        self.task_name_of = task_name_of
+
+    async def _measured(self, operation: str, group: str, call: Awaitable[T]) -> T:
+        async with REPOSITORY_OPS.measure(operation=operation, task_name=self.task_name_of(group)):
+            return await call
+
+    async def claim(
+        self, group: str, *, now: datetime.datetime, limit: int, lease: Lease
+    ) -> ClaimResult:
+        operation = "poll_task" if group == STATIC_GROUP else "poll_dynamic_task"
+        return await self._measured(
+            operation, group, self.inner.claim(group, now=now, limit=limit, lease=lease)
+        )
+
+    async def commit(
+        self, group: str, commits: Sequence[Commit], *, now: datetime.datetime
+    ) -> list[str]:
+        return await self._measured(
+            "commit_task", group, self.inner.commit(group, commits, now=now)
+        )
+
+    async def extend(
+        self, group: str, name: str, lease: Lease, *, locked_until: datetime.datetime
+    ) -> bool:
+        return await self._measured(
+            "extend_lease", group, self.inner.extend(group, name, lease, locked_until=locked_until)
+        )
+
+    async def unlock(self, group: str, name: str, lease: Lease) -> bool:
+        return await self._measured("unlock_task", group, self.inner.unlock(group, name, lease))
+
+    async def register(
+        self,
+        group: str,
+        registrations: Sequence[Registration],
+        *,
+        now: datetime.datetime,
+        force: bool,
+    ) -> list[str]:
+        return await self._measured(
+            "register_task",
+            group,
+            self.inner.register(group, registrations, now=now, force=force),
+        )
+
+    async def unregister(self, group: str, name: str) -> bool:
+        return await self._measured("unregister_task", group, self.inner.unregister(group, name))
+
+    async def get(self, group: str, name: str) -> Record | None:
+        return await self._measured("get_task_state", group, self.inner.get(group, name))
+
+    async def list(
+        self,
+        group: str,
+        *,
+        limit: int,
+        continuation_token: ContinuationToken | None = None,
+    ) -> Page:
+        return await self._measured(
+            "list_task_states",
+            group,
+            self.inner.list(group, limit=limit, continuation_token=continuation_token),
+        )
+
+
+def _metered_factory(
+    repository_factory: RepositoryFactory, task_name_of: Callable[[str], str]
+) -> RepositoryFactory:
+    @contextlib.asynccontextmanager
+    async def metered(**options: Any) -> AsyncIterator[Repository]:
+        async with repository_factory(**options) as repository:
+            yield _MeteredRepository(repository, task_name_of)
+
+    return metered
+
+
+def with_prometheus_repository(repository_factory: RepositoryFactory) -> RepositoryFactory:
+    """``repository_factory``, its repositories measured as ``pyncette_repository_ops_*``.
+
+    Not knowing the app, it takes a group's trailing ``:<number>`` for a partition (a
+    dynamic task named ``report:2024`` is labelled ``report``); :func:`use_prometheus`
+    labels from the app's own tasks instead.
+    """
+    return _metered_factory(repository_factory, _template_of_group)
+
+
+# -- all together -------------------------------------------------------------------------
 
 
 def use_prometheus(
     app: Pyncette,
-    measure_executions: bool = True,
-    measure_repositories: bool = True,
+    measure_repository: bool = True,
     measure_ticks: bool = True,
+    measure_tasks: bool = True,
 ) -> None:
-    """Record pyncette's metrics for this app in the default Prometheus registry."""
-    if measure_executions:
-        app.use_middleware(_measure_execution)
-    if measure_repositories:
-        factory = app.repository_factory
+    """Record this app's metrics in the default Prometheus registry.
 
-        @contextlib.asynccontextmanager
-        async def metered(**options: Any) -> AsyncIterator[Repository]:
-            async with factory(**options) as repository:
-                yield _MeteredRepository(repository)
-
-        app.repository_factory = metered
+    :param measure_repository: measure backend calls (wraps ``app.repository_factory``,
+        so call this after setting it)
+    :param measure_ticks: measure the poll loop's ticks (the fixture ``_prometheus``)
+    :param measure_tasks: measure executions (a middleware, placed after the ones added
+        so far)
+    """
+    if measure_repository:
+        app.repository_factory = _metered_factory(app.repository_factory, _app_template_names(app))
     if measure_ticks:
-        app._tick_observers.append(_observe_tick)
-
-
-def _observe_tick(seconds: float) -> None:
-    TICKS.inc()
-    TICK_DURATION.observe(seconds)
-
-
-async def _measure_execution(context: Context, next: Callable[[], Awaitable[None]]) -> None:
-    name = context.task.template.name
-    late = context.app_context.clock.now() - context.scheduled_at
-    START_LATENESS.labels(name).observe(max(late, datetime.timedelta(0)).total_seconds())
-    in_progress = EXECUTIONS_IN_PROGRESS.labels(name)
-    in_progress.inc()
-    started = time.perf_counter()
-    outcome = "failure"
-    try:
-        await next()
-        outcome = "success"
-    finally:
-        in_progress.dec()
-        EXECUTION_DURATION.labels(name).observe(time.perf_counter() - started)
-        EXECUTIONS.labels(name, outcome).inc()
-
-
-class _MeteredRepository(RepositoryProxy):
-    """Times every call of the repository it wraps."""
-
-    async def around(self, operation: str, call: Awaitable[T]) -> T:
-        in_progress = REPOSITORY_IN_PROGRESS.labels(operation)
-        in_progress.inc()
-        started = time.perf_counter()
-        outcome = "failure"
-        try:
-            result = await call
-            outcome = "success"
-            return result
-        finally:
-            in_progress.dec()
-            REPOSITORY_DURATION.labels(operation).observe(time.perf_counter() - started)
-            REPOSITORY_OPERATIONS.labels(operation, outcome).inc()
+        app.use_fixture("_prometheus", prometheus_fixture)
+    if measure_tasks:
+        app.use_middleware(prometheus_middleware)

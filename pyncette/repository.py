@@ -157,12 +157,24 @@ class Repository(abc.ABC):
     ) -> list[str]:
         """Create rows, or update existing ones; return the names left untouched.
 
-        A missing row is created unlocked. An existing row gets the new ``spec`` and
-        ``lease_duration`` and ``scheduled_at = min(old, new)``, so re-registering never
-        postpones a run. An existing row whose lease is live (``locked_until > now``) is
-        left untouched and its name returned, unless ``force`` is true: then its lease
-        is cleared as part of the update, and the holder's later commit or heartbeat is
-        refused. Each row is updated atomically.
+        A missing row is created unlocked, with the registration's values.
+
+        Without ``force``, an existing row gets the new ``spec`` and ``lease_duration``,
+        ``scheduled_at = min(old, new)`` (so re-registering never postpones a run) and no
+        lease (an expired one is cleared). An existing row whose lease is live
+        (``locked_until > now``) is left untouched instead, and its name returned.
+
+        With ``force`` (which applies to the whole call), every existing row, locked or
+        not, gets the new ``spec`` and ``lease_duration`` and ``scheduled_at = new``
+        exactly, even when that is later than the stored run, and its lease is cleared
+        in the same write: the old holder's later commit, heartbeat or unlock is refused
+        and changes nothing. Nothing is returned.
+
+        Each row is checked and written atomically (no claim, commit or other
+        registration can come in between); the batch as a whole need not be. A name
+        given twice in one call is registered twice, in order: without ``force`` it keeps
+        the soonest of the runs and the last spec, with ``force`` the last registration
+        wins; if it is left untouched, it is returned once per occurrence.
         """
 
     @abc.abstractmethod

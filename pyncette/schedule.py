@@ -6,7 +6,7 @@ import datetime
 import functools
 import zoneinfo
 
-from croniter import croniter
+from croniter import CroniterBadCronError, croniter
 from dateutil import tz
 
 UTC = datetime.UTC
@@ -21,10 +21,16 @@ def parse_timezone(name: str) -> datetime.tzinfo:
     other forms (``UTC+12``, POSIX TZ strings) by dateutil.
     """
     if not isinstance(name, str) or not name:
-        raise ValueError(f"Invalid timezone {name!r}: expected a timezone name")
+        raise ValueError(
+            f"Invalid timezone specifier {name!r}: expected a timezone name such as "
+            "'Europe/Dublin' or 'UTC+12'"
+        )
     zone = tz.gettz(name)
     if zone is None:
-        raise ValueError(f"Unknown timezone {name!r}")
+        raise ValueError(
+            f"Invalid timezone specifier {name!r}. Unknown timezone: "
+            "dateutil.tz.gettz does not know it"
+        )
     try:
         return zoneinfo.ZoneInfo(name)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
@@ -32,12 +38,16 @@ def parse_timezone(name: str) -> datetime.tzinfo:
 
 
 def validate_cron(expression: str) -> None:
-    """Accept 5 fields, or 6 with seconds last (as croniter reads them)."""
+    """Accept 5 fields, or 6 with seconds last (as croniter reads them).
+
+    Anything else raises croniter's ``CroniterBadCronError``, which is a ``ValueError``
+    (Pyncette 1.x let croniter's own error through, and its users catch that).
+    """
     if not isinstance(expression, str):
-        raise ValueError(f"Invalid cron schedule {expression!r}: expected a string")
+        raise CroniterBadCronError(f"Invalid cron schedule {expression!r}: expected a string")
     fields = expression.split()
     if len(fields) not in (5, 6):
-        raise ValueError(
+        raise CroniterBadCronError(
             f"Invalid cron schedule {expression!r}: expected 5 fields, or 6 with seconds last, "
             f"got {len(fields)}"
         )
@@ -46,7 +56,7 @@ def validate_cron(expression: str) -> None:
     except Exception:  # croniter raises assorted errors for malformed fields
         valid = False
     if not valid:
-        raise ValueError(f"Invalid cron schedule {expression!r}")
+        raise CroniterBadCronError(f"Invalid cron schedule {expression!r}")
 
 
 @functools.lru_cache(maxsize=1024)

@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import inspect
 import json
 import math
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Iterable
 from typing import Any
 
-from pyncette.model import Context, ExecutionMode, FailureMode, PartitionSelector, TaskFunc
+from pyncette.model import (
+    Context,
+    Decorator,
+    ExecutionMode,
+    FailureMode,
+    PartitionSelector,
+    SyncTaskFunc,
+    TaskFunc,
+)
 from pyncette.schedule import UTC, next_cron, parse_timezone, to_utc, validate_cron
 
 STATIC_GROUP = "__static__"
@@ -30,6 +39,8 @@ _OPTION_NAMES = frozenset(
         "enabled",
     }
 )
+_EXECUTION_OPTIONS = ("execution_mode", "failure_mode", "lease_duration", "fast_forward")
+"""Options an instance may override that Pyncette 1.x's task spec has no field for."""
 
 
 def default_partition_selector(partition_count: int, task_id: str) -> int:
@@ -38,7 +49,19 @@ def default_partition_selector(partition_count: int, task_id: str) -> int:
     return (digest * partition_count) >> 160
 
 
+_default_partition_selector = default_partition_selector  # Pyncette 1.x's name for it
+
+
+def _escape(name: str) -> str:
+    return name.replace(":", "::")
+
+
 def _check_name(kind: str, name: object) -> str:
+    if kind == "task" and (name is None or name == ""):
+        raise ValueError(
+            "Unable to determine name for the task: give the decorator name=, "
+            "or decorate a function (something with a __name__)"
+        )
     if not isinstance(name, str) or not name:
         raise ValueError(f"Invalid {kind} name {name!r}: expected a non-empty string")
     if len(name) > MAX_NAME_LENGTH:
@@ -98,6 +121,7 @@ class Task:
         self.func = func
         self.dynamic = dynamic
         self.parent_task = parent_task
+        self._init_partitions(partition_count, partition_selector, enabled_partitions)
         self.schedule = schedule
         self.interval = _as_timedelta("interval", interval) if interval is not None else None
         if execute_at is not None and not isinstance(execute_at, datetime.datetime):
@@ -112,60 +136,99 @@ class Task:
         self.fast_forward = bool(fast_forward)
         self.enabled = bool(enabled)
         self.extra_args = extra_args
-        self._tzinfo = parse_timezone(timezone) if timezone is not None else None
 
-        kinds = [kind for kind in _SCHEDULE_KINDS if getattr(self, kind) is not None]
-        if len(kinds) > 1:
-            raise ValueError(
-                f"Task {name!r}: give only one of schedule, interval or execute_at "
-                f"(got {' and '.join(kinds)})"
-            )
-        if not kinds and not dynamic:
-            raise ValueError(f"Task {name!r}: one of schedule, interval or execute_at is required")
-        if schedule is not None:
-            validate_cron(schedule)
-        if timezone is not None and schedule is None and not dynamic:
-            raise ValueError(f"Task {name!r}: timezone is only valid with a cron schedule")
-        if execute_at is not None and not (dynamic or parent_task):
-            raise ValueError(f"Task {name!r}: execute_at is only valid for dynamic task instances")
+        # The checks run in Pyncette 1.x's order, so a definition with several problems
+        # is reported the way 1.x reported it; each message carries 1.x's wording.
         if (
             self.failure_mode is not FailureMode.NONE
             and self.execution_mode is ExecutionMode.AT_MOST_ONCE
         ):
-            raise ValueError(f"Task {name!r}: failure_mode is only valid with AT_LEAST_ONCE")
+            raise ValueError(
+                f"Task {name!r}: failure_mode is not applicable when execution_mode is "
+                "AT_MOST_ONCE (it only applies to AT_LEAST_ONCE tasks)"
+            )
+        kinds = [kind for kind in _SCHEDULE_KINDS if getattr(self, kind) is not None]
+        if len(kinds) > 1:
+            raise ValueError(
+                f"Task {name!r}: Exactly one of the following must be specified: schedule, "
+                f"interval, execute_at (got {' and '.join(kinds)}; give only one of them)"
+            )
+        if not kinds and not dynamic:
+            raise ValueError(
+                f"Task {name!r}: Exactly one of the following must be specified: schedule, "
+                "interval, execute_at (got none; one of schedule, interval or execute_at "
+                "is required)"
+            )
+        if timezone is not None and schedule is None and not dynamic:
+            raise _timezone_without_cron(name, timezone)
+        if schedule is not None:
+            validate_cron(schedule)
+        if execute_at is not None and not (dynamic or parent_task):
+            raise ValueError(
+                f"Task {name!r}: execute_at is only supported for dynamic tasks "
+                "(give it to schedule_task for one instance of a dynamic task)"
+            )
+        try:
+            self._tzinfo = parse_timezone(timezone) if timezone is not None else None
+        except ValueError as exc:
+            raise ValueError(f"Task {name!r}: {exc}") from None
         try:
             self._args_json = json.dumps(extra_args, sort_keys=True, allow_nan=False)
         except (TypeError, ValueError) as exc:
             raise ValueError(
-                f"Task {name!r}: arguments must be JSON-serialisable ({exc})"
+                f"Task {name!r}: Extra parameters must be JSON serializable ({exc})"
             ) from None
 
+    def _init_partitions(
+        self,
+        partition_count: int | None,
+        partition_selector: PartitionSelector | None,
+        enabled_partitions: Iterable[int] | None,
+    ) -> None:
         self.partition_count = partition_count
         self.partition_selector: PartitionSelector = (
             partition_selector or default_partition_selector
         )
-        if partition_count is not None:
-            if isinstance(partition_count, bool) or not isinstance(partition_count, int):
-                raise ValueError(f"Task {name!r}: partition_count must be an integer")
-            if partition_count < 1:
-                raise ValueError(f"Task {name!r}: partition_count must be at least 1")
-            enabled_list = (
-                list(range(partition_count))
-                if enabled_partitions is None
-                else list(enabled_partitions)
+        self.enabled_partitions: list[int] = []
+        if partition_count is None:
+            return
+        if isinstance(partition_count, bool) or not isinstance(partition_count, int):
+            raise ValueError(f"Task {self.name!r}: partition_count must be an integer")
+        if partition_count < 1:
+            raise ValueError(
+                f"Task {self.name!r}: Partition count must be greater than or equal to 1 "
+                f"(got partition_count={partition_count})"
             )
-            bad = [
-                p for p in enabled_list if not isinstance(p, int) or not 0 <= p < partition_count
-            ]
-            if bad:
-                raise ValueError(
-                    f"Task {name!r}: enabled partitions {bad} outside 0..{partition_count - 1}"
-                )
-            self.enabled_partitions: list[int] = sorted(set(enabled_list))
-        else:
-            self.enabled_partitions = []
+        enabled_list = (
+            list(range(partition_count)) if enabled_partitions is None else list(enabled_partitions)
+        )
+        bad = [p for p in enabled_list if not isinstance(p, int) or not 0 <= p < partition_count]
+        if bad:
+            raise ValueError(
+                f"Task {self.name!r}: enabled partitions {bad} outside 0..{partition_count - 1}"
+            )
+        self.enabled_partitions = sorted(set(enabled_list))
 
     # -- identity -------------------------------------------------------------------
+
+    @property
+    def tzinfo(self) -> datetime.tzinfo:
+        """The timezone the schedule is read in (UTC when the task has none)."""
+        return self._tzinfo or UTC
+
+    @property
+    def is_async(self) -> bool:
+        """Whether the function is a coroutine function (else it runs in a worker thread)."""
+        return is_async_callable(self.func)
+
+    @property
+    def task_func(self) -> TaskFunc:
+        """The decorated function (Pyncette 1.x's name for :attr:`func`)."""
+        return self.func
+
+    @task_func.setter
+    def task_func(self, value: TaskFunc) -> None:
+        self.func = value
 
     @property
     def args(self) -> dict[str, Any]:
@@ -178,6 +241,35 @@ class Task:
     @property
     def template(self) -> Task:
         return self.parent_task or self
+
+    @property
+    def canonical_name(self) -> str:
+        """A name unique among all tasks and instances, as Pyncette 1.x formed it.
+
+        ``:`` in a name is doubled; an instance is ``<template>:<instance>``, and an
+        instance of a partitioned task ``<template>:<partition>:<instance>``.
+        """
+        parent = self.parent_task
+        if parent is None:
+            return _escape(self.name)
+        prefix = parent.canonical_name
+        if parent.partition_count is not None:
+            prefix = f"{prefix}:{parent.partition_for(self.name)}"
+        return f"{prefix}:{_escape(self.name)}"
+
+    def partition_for(self, instance_name: str) -> int:
+        """The partition of this partitioned template that holds ``instance_name``."""
+        if self.partition_count is None:
+            raise ValueError(f"Task {self.name!r} is not partitioned")
+        partition = self.partition_selector(self.partition_count, instance_name)
+        if isinstance(partition, bool) or not isinstance(partition, int):
+            partition = -1
+        if not 0 <= partition < self.partition_count:
+            raise ValueError(
+                f"Partition selector of {self.name!r} returned {partition!r} for "
+                f"{instance_name!r}; expected 0..{self.partition_count - 1}"
+            )
+        return partition
 
     def groups(self) -> list[str]:
         """Repository groups holding this template's instances (one per polled partition)."""
@@ -194,13 +286,7 @@ class Task:
         """The repository group an instance of this template is stored in."""
         if self.partition_count is None:
             return self.name
-        partition = self.partition_selector(self.partition_count, instance_name)
-        if not isinstance(partition, int) or not 0 <= partition < self.partition_count:
-            raise ValueError(
-                f"Partition selector of {self.name!r} returned {partition!r} for "
-                f"{instance_name!r}; expected 0..{self.partition_count - 1}"
-            )
-        return f"{self.name}:{partition}"
+        return f"{self.name}:{self.partition_for(instance_name)}"
 
     # -- scheduling -----------------------------------------------------------------
 
@@ -231,12 +317,32 @@ class Task:
             return next_cron(self.schedule, self._tzinfo, after)
         return None
 
+    def get_next_execution(
+        self, utc_now: datetime.datetime, last_execution: datetime.datetime | None
+    ) -> datetime.datetime | None:
+        """Pyncette 1.x's schedule step: the first run (``last_execution`` is ``None``) or
+        the run after ``last_execution``; ``None`` once a one-off task has run, or for a
+        template that has no schedule of its own. The result is in UTC.
+        """
+        if last_execution is None:
+            if self.execute_at is not None:
+                return self.execute_at
+            return self.next_run(utc_now, utc_now)
+        return self.next_run(last_execution, utc_now)
+
     # -- dynamic instances ----------------------------------------------------------
+
+    def instantiate(self, name: str, **kwargs: Any) -> Task:
+        """A concrete instance of this dynamic task named ``name``; ``kwargs`` are what
+        ``schedule_task`` takes (a schedule, options and task arguments)."""
+        return self.make_instance(name, kwargs)
 
     def make_instance(self, instance_name: str, overrides: dict[str, Any]) -> Task:
         """A concrete instance of this dynamic template with ``overrides`` applied."""
         if not self.dynamic:
-            raise ValueError(f"Task {self.name!r} is not a dynamic task")
+            raise ValueError(
+                f"Cannot instantiate a non-dynamic task: {self.name!r} is not a dynamic task"
+            )
         options: dict[str, Any] = {
             "schedule": self.schedule,
             "interval": self.interval,
@@ -259,16 +365,53 @@ class Task:
             else:
                 args[key] = value
         if options["timezone"] is not None and options["schedule"] is None:
-            raise ValueError(f"Task {instance_name!r}: timezone is only valid with a cron schedule")
+            raise _timezone_without_cron(instance_name, options["timezone"])
         instance = Task(name=instance_name, func=self.func, parent_task=self, **options, **args)
-        if instance.schedule is None and instance.interval is None and instance.execute_at is None:
-            raise ValueError(
-                f"Task {instance_name!r}: one of schedule, interval or execute_at is required"
-            )
         instance._overrides = overrides
         return instance
 
     _overrides: dict[str, Any] | None = None
+
+    def as_spec(self) -> dict[str, Any]:
+        """This task in Pyncette 1.x's task-spec form: ``name``, ``schedule``, ``interval``
+        (seconds), ``execute_at`` (ISO 8601), ``timezone`` and ``extra_args``.
+
+        An instance that overrides ``execution_mode``, ``failure_mode``,
+        ``lease_duration`` or ``fast_forward`` (which 1.x instances could not) carries
+        those keys too, so that :meth:`instantiate_from_spec` rebuilds it exactly.
+        """
+        spec: dict[str, Any] = {
+            "name": self.name,
+            "schedule": self.schedule,
+            "interval": self.interval.total_seconds() if self.interval is not None else None,
+            "execute_at": self.execute_at.isoformat() if self.execute_at is not None else None,
+            "timezone": self.timezone,
+            "extra_args": dict(self.extra_args),
+        }
+        for option in _EXECUTION_OPTIONS:
+            if option in (self._overrides or {}):
+                value = getattr(self, option)
+                if isinstance(value, datetime.timedelta):
+                    value = value.total_seconds()
+                elif isinstance(value, (ExecutionMode, FailureMode)):
+                    value = value.name
+                spec[option] = value
+        return spec
+
+    def instantiate_from_spec(self, task_spec: dict[str, Any]) -> Task:
+        """The instance of this dynamic task that :meth:`as_spec` described."""
+        interval = task_spec.get("interval")
+        execute_at = task_spec.get("execute_at")
+        options: dict[str, Any] = {
+            "schedule": task_spec.get("schedule"),
+            "interval": datetime.timedelta(seconds=interval) if interval is not None else None,
+            "execute_at": (
+                datetime.datetime.fromisoformat(execute_at) if execute_at is not None else None
+            ),
+            "timezone": task_spec.get("timezone"),
+        }
+        options.update({key: task_spec[key] for key in _EXECUTION_OPTIONS if key in task_spec})
+        return self.instantiate(task_spec["name"], **options, **task_spec.get("extra_args", {}))
 
     def spec(self) -> str:
         """The stored JSON form of an instance: what ``schedule_task`` was given."""
@@ -317,28 +460,131 @@ class Task:
     def __call__(self, context: Context) -> Awaitable[None]:
         return self.func(context)
 
+    def __str__(self) -> str:
+        return self.canonical_name
+
     def __repr__(self) -> str:
         kind = "instance" if self.parent_task else ("dynamic task" if self.dynamic else "task")
         return f"<{kind} {self.name!r}>"
 
 
+def _timezone_without_cron(name: str, timezone: object) -> ValueError:
+    return ValueError(
+        f"Task {name!r}: Timezone may only be specified when cron schedule is used "
+        f"(timezone={timezone!r} was given without schedule=)"
+    )
+
+
+class PartitionedTask(Task):
+    """A dynamic task whose instances are spread over ``partition_count`` repository
+    groups by ``partition_selector`` (``@app.partitioned_task``); only the
+    ``enabled_partitions`` are polled here, but instances go to every partition.
+    """
+
+    partition_count: int
+
+    def __init__(
+        self,
+        *,
+        partition_count: int,
+        partition_selector: PartitionSelector | None = None,
+        enabled_partitions: Iterable[int] | None = None,
+        **options: Any,
+    ) -> None:
+        if not options.pop("dynamic", True):
+            raise ValueError(f"Task {options.get('name')!r}: a partitioned task is dynamic")
+        super().__init__(
+            dynamic=True,
+            partition_count=partition_count,
+            partition_selector=partition_selector,
+            enabled_partitions=enabled_partitions,
+            **options,
+        )
+
+    def get_partitions(self) -> list[TaskPartition]:
+        """One :class:`TaskPartition` per partition, polled or not."""
+        return [TaskPartition(self, partition) for partition in range(self.partition_count)]
+
+
+class TaskPartition(Task):
+    """One partition of a :class:`PartitionedTask`: a dynamic task sharing its
+    options, whose instances are those the selector assigns to ``partition_id``.
+
+    It is enabled while its task is and ``partition_id`` is among the task's
+    ``enabled_partitions``.
+    """
+
+    def __init__(self, partitioned_task: PartitionedTask, partition_id: int) -> None:
+        # The task's options were validated when it was declared: share them as they are.
+        self.__dict__.update(partitioned_task.__dict__)
+        self.__dict__.pop("_prototypes", None)
+        self.partitioned_task = partitioned_task
+        self.partition_id = partition_id
+
+    @property
+    def enabled(self) -> bool:
+        task = self.partitioned_task
+        return task.enabled and self.partition_id in task.enabled_partitions
+
+    @enabled.setter
+    def enabled(self, value: bool) -> None:
+        raise ValueError(
+            "Use enabled_partitions to disable polling a partition: partition "
+            f"{self.partition_id} of {self.name!r} follows its task's enabled_partitions"
+        )
+
+    @property
+    def canonical_name(self) -> str:
+        return f"{_escape(self.name)}:{self.partition_id}"
+
+    def groups(self) -> list[str]:
+        return [f"{self.name}:{self.partition_id}"]
+
+    def all_groups(self) -> list[str]:
+        return self.groups()
+
+    def make_instance(self, instance_name: str, overrides: dict[str, Any]) -> Task:
+        return self.partitioned_task.make_instance(instance_name, overrides)
+
+    def __repr__(self) -> str:
+        return f"<partition {self.partition_id} of {self.name!r}>"
+
+
+_TaskPartition = TaskPartition  # Pyncette 1.x's name for it
+
+
+def is_async_callable(func: object) -> bool:
+    """Whether calling ``func`` gives a coroutine: a coroutine function, a partial of one,
+    or an object whose ``__call__`` is one."""
+    if inspect.iscoroutinefunction(func):
+        return True
+    call = getattr(func, "__call__", None)  # noqa: B004 - the bound method is what is inspected
+    return call is not None and inspect.iscoroutinefunction(call)
+
+
 def make_task(**options: Any) -> Task:
-    """The task a decorator declares: a :class:`Task` built from the decorator's options."""
+    """The task a decorator declares: a :class:`PartitionedTask` when the options give a
+    ``partition_count``, otherwise a :class:`Task`."""
+    if options.get("partition_count") is not None:
+        return PartitionedTask(**options)
     return Task(**options)
 
 
-def unwrap(func: TaskFunc | Task) -> TaskFunc:
-    """The function under a task, so that decorators can be stacked."""
-    return func.func if isinstance(func, Task) else func
+def unwrap(func: TaskFunc | SyncTaskFunc | Task) -> TaskFunc:
+    """The function under a task, so that decorators can be stacked. (A plain ``def``
+    function is kept as it is; the scheduler runs it in a worker thread.)"""
+    if isinstance(func, Task):
+        return func.func
+    return func  # type: ignore[return-value]
 
-
-Decorator = Callable[[TaskFunc | Task], Task]
 
 __all__ = [
     "STATIC_GROUP",
     "UTC",
     "Decorator",
+    "PartitionedTask",
     "Task",
+    "TaskPartition",
     "default_partition_selector",
     "make_task",
     "unwrap",

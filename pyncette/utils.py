@@ -6,22 +6,29 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable
 
+from pyncette.clock import Clock, DefaultClock
 from pyncette.errors import LeaseLostException
-from pyncette.model import Context, TaskFunc
+from pyncette.model import Context, Decorator, TaskFunc
 
 logger = logging.getLogger(__name__)
 
+DEFAULT_LEASE_REMAINING_RATIO = 0.5
+
 
 def with_heartbeat(
-    lease_remaining_ratio: float = 0.5, cancel_on_lease_lost: bool = False
-) -> Callable[[TaskFunc], TaskFunc]:
-    """Decorate a task so it heartbeats in the background while it runs.
+    lease_remaining_ratio: float = DEFAULT_LEASE_REMAINING_RATIO,
+    cancel_on_lease_lost: bool = False,
+) -> Decorator[TaskFunc]:
+    """Decorate a task so that it heartbeats in the background while it runs.
 
-    A heartbeat is sent whenever ``lease_remaining_ratio`` of the lease is left. If the
-    lease is lost the background heartbeat stops; with ``cancel_on_lease_lost`` the task
-    is also cancelled and the execution ends with :class:`LeaseLostException`.
+    A heartbeat is sent every ``lease_remaining_ratio * lease_duration`` (between 0 and
+    1; 0.5 by default). An error while heartbeating is logged and the next beat tries
+    again; once a heartbeat finds the lease lost, heartbeating stops, and with
+    ``cancel_on_lease_lost`` the task is cancelled too (the execution then ends with
+    :class:`~pyncette.errors.LeaseLostException` and is not committed). A plain ``def``
+    task runs in a worker thread while the heartbeats go on.
     """
     if not 0 < lease_remaining_ratio < 1:
         raise ValueError(
@@ -31,29 +38,35 @@ def with_heartbeat(
     def decorate(func: TaskFunc) -> TaskFunc:
         @functools.wraps(func)
         async def wrapper(context: Context) -> None:
-            period = context.task.lease_duration.total_seconds() * (1 - lease_remaining_ratio)
-            clock = context.app_context.clock
-            work = asyncio.ensure_future(func(context))
+            from pyncette.worker import call_function
+
+            period = context.task.lease_duration.total_seconds() * lease_remaining_ratio
+            sleep = _clock_of(context).sleep
+            body = asyncio.ensure_future(_awaited(call_function(func, context)))
             lost = False
 
             async def beat() -> None:
                 nonlocal lost
                 while True:
-                    await clock.sleep(period)
+                    await sleep(period)
                     try:
-                        await context.heartbeat()
+                        await asyncio.shield(context.heartbeat())
                     except LeaseLostException:
                         lost = True
-                        logger.warning("Heartbeat of %r found the lease lost", context.task.name)
+                        logger.warning("Heartbeat of %s found the lease lost", context.task)
                         if cancel_on_lease_lost:
-                            work.cancel()
+                            body.cancel()
                         return
                     except Exception:
-                        logger.warning("Heartbeat of %r failed", context.task.name, exc_info=True)
+                        logger.warning(
+                            "Heartbeat of %s failed; trying again at the next beat",
+                            context.task,
+                            exc_info=True,
+                        )
 
             beater = asyncio.ensure_future(beat())
             try:
-                await work
+                await body
             except asyncio.CancelledError:
                 if lost and cancel_on_lease_lost and not _cancelling():
                     raise LeaseLostException(context.task) from None
@@ -62,12 +75,28 @@ def with_heartbeat(
                 beater.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await beater
-                if not work.done():
-                    work.cancel()
+                if not body.done():
+                    body.cancel()
 
         return wrapper
 
     return decorate
+
+
+async def _awaited(awaitable: Awaitable[None]) -> None:
+    await awaitable
+
+
+def _clock_of(context: Context) -> Clock:
+    """The clock of the app running ``context``: the injected one, or the default clock
+    (``asyncio.sleep`` looked up at call time) when the context is a stand-in, as in
+    tests that call a decorated task with a mock context."""
+    from pyncette.context import PyncetteContext
+
+    app_context = getattr(context, "app_context", None)
+    if isinstance(app_context, PyncetteContext):
+        return app_context.clock
+    return DefaultClock()
 
 
 def _cancelling() -> bool:

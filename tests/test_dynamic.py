@@ -9,7 +9,7 @@ import hashlib
 import pytest
 
 from backends import BackendConfig
-from harness import T0, CountingRepository, FakeClock, make_app, running
+from harness import T0, VirtualClock, counters, make_app, running
 from pyncette import Context, ExecutionMode
 from pyncette.errors import LeaseLostException, TaskLockedException
 from pyncette.task import default_partition_selector
@@ -19,7 +19,7 @@ S = datetime.timedelta(seconds=1)
 
 
 async def test_dynamic_instances_run_with_their_own_schedule_and_args(
-    backend: BackendConfig, clock: FakeClock
+    backend: BackendConfig, clock: VirtualClock
 ) -> None:
     app = make_app(backend, clock)
     seen: list[tuple[str, str, datetime.datetime]] = []
@@ -38,7 +38,9 @@ async def test_dynamic_instances_run_with_their_own_schedule_and_args(
     )
 
 
-async def test_execute_at_runs_once_then_is_gone(backend: BackendConfig, clock: FakeClock) -> None:
+async def test_execute_at_runs_once_then_is_gone(
+    backend: BackendConfig, clock: VirtualClock
+) -> None:
     app = make_app(backend, clock)
     seen: list[tuple[str, datetime.datetime]] = []
 
@@ -59,7 +61,7 @@ async def test_execute_at_runs_once_then_is_gone(backend: BackendConfig, clock: 
 
 
 async def test_schedule_task_update_keeps_the_sooner_run(
-    backend: BackendConfig, clock: FakeClock
+    backend: BackendConfig, clock: VirtualClock
 ) -> None:
     app = make_app(backend, clock)
     seen: list[tuple[datetime.datetime, object]] = []
@@ -86,7 +88,7 @@ async def test_schedule_task_update_keeps_the_sooner_run(
 
 
 async def test_schedule_task_while_running_is_locked_unless_forced(
-    backend: BackendConfig, clock: FakeClock
+    backend: BackendConfig, clock: VirtualClock
 ) -> None:
     app = make_app(backend, clock)
     started = asyncio.Event()
@@ -121,7 +123,7 @@ async def test_schedule_task_while_running_is_locked_unless_forced(
 
 
 async def test_unschedule_stops_future_runs_and_fails_heartbeats(
-    backend: BackendConfig, clock: FakeClock
+    backend: BackendConfig, clock: VirtualClock
 ) -> None:
     app = make_app(backend, clock)
     runs: list[str] = []
@@ -150,7 +152,7 @@ async def test_unschedule_stops_future_runs_and_fails_heartbeats(
 
 
 async def test_list_tasks_pages_with_continuation_tokens(
-    backend: BackendConfig, clock: FakeClock
+    backend: BackendConfig, clock: VirtualClock
 ) -> None:
     app = make_app(backend, clock)
 
@@ -201,7 +203,7 @@ def test_default_partition_selector_matches_pyncette() -> None:
 
 
 async def test_partitioned_task_spreads_instances_and_polls_enabled_partitions(
-    backend: BackendConfig, clock: FakeClock
+    backend: BackendConfig, clock: VirtualClock
 ) -> None:
     app = make_app(backend, clock)
     seen: list[str] = []
@@ -235,7 +237,7 @@ async def test_partitioned_task_spreads_instances_and_polls_enabled_partitions(
 
 
 async def test_schedule_task_wakes_the_loop_for_sooner_work(
-    backend: BackendConfig, clock: FakeClock
+    backend: BackendConfig, clock: VirtualClock
 ) -> None:
     app = make_app(backend, clock, poll_interval=datetime.timedelta(minutes=5))
     started: list[datetime.datetime] = []
@@ -252,7 +254,7 @@ async def test_schedule_task_wakes_the_loop_for_sooner_work(
     assert started == [T0 + 10 * S, T0 + 12 * S]
 
 
-async def test_at_most_once_instances(backend: BackendConfig, clock: FakeClock) -> None:
+async def test_at_most_once_instances(backend: BackendConfig, clock: VirtualClock) -> None:
     app = make_app(backend, clock)
     seen: list[datetime.datetime] = []
 
@@ -269,7 +271,7 @@ async def test_at_most_once_instances(backend: BackendConfig, clock: FakeClock) 
     assert state is not None and state.locked_by is None and state.scheduled_at == T0 + 30 * S
 
 
-async def test_schedule_task_validation(backend: BackendConfig, clock: FakeClock) -> None:
+async def test_schedule_task_validation(backend: BackendConfig, clock: VirtualClock) -> None:
     app = make_app(backend, clock)
 
     @app.dynamic_task()
@@ -300,7 +302,7 @@ async def test_schedule_task_validation(backend: BackendConfig, clock: FakeClock
 
 
 async def test_concurrent_schedule_task_calls_share_register_calls(
-    backend: BackendConfig, clock: FakeClock
+    backend: BackendConfig, clock: VirtualClock
 ) -> None:
     app = make_app(backend, clock, batch_size=50)
 
@@ -308,8 +310,7 @@ async def test_concurrent_schedule_task_calls_share_register_calls(
     async def job(context: Context) -> None: ...
 
     async with app.create() as ctx:
-        repository = ctx.repository
-        assert isinstance(repository, CountingRepository)
+        repository = counters(ctx.repository)
         before = repository.calls.get("register", 0)
         # the same name twice in one round: both applied, in call order
         await asyncio.gather(

@@ -10,10 +10,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 
 from backends import BackendConfig
-from harness import T0, CountingRepository, FakeClock, make_app, running
+from harness import T0, VirtualClock, counters, make_app, running
 from pyncette import Context, ExecutionMode, FailureMode, PyncetteContext, SynchronousExecutor
 from pyncette.errors import BackendUnavailableError, LeaseLostException
 from pyncette.utils import with_heartbeat
+from timemachine import RepositoryCounters
 
 pytestmark = pytest.mark.anyio
 S = datetime.timedelta(seconds=1)
@@ -31,7 +32,7 @@ S = datetime.timedelta(seconds=1)
     ],
 )
 async def test_failure_modes(
-    backend: BackendConfig, clock: FakeClock, failure_mode: FailureMode, expected: list[int]
+    backend: BackendConfig, clock: VirtualClock, failure_mode: FailureMode, expected: list[int]
 ) -> None:
     app = make_app(backend, clock)
     seen: list[int] = []
@@ -49,7 +50,7 @@ async def test_failure_modes(
     assert seen[:3] == expected
 
 
-async def test_at_most_once_never_retries(backend: BackendConfig, clock: FakeClock) -> None:
+async def test_at_most_once_never_retries(backend: BackendConfig, clock: VirtualClock) -> None:
     app = make_app(backend, clock)
     seen: list[datetime.datetime] = []
 
@@ -67,7 +68,7 @@ async def test_at_most_once_never_retries(backend: BackendConfig, clock: FakeClo
 
 
 async def test_lease_expiry_lets_a_slow_run_overlap(
-    backend: BackendConfig, clock: FakeClock
+    backend: BackendConfig, clock: VirtualClock
 ) -> None:
     # long horizon: the loop wakes on known due times, so a long poll interval is fine
     app = make_app(backend, clock, poll_interval=datetime.timedelta(minutes=10))
@@ -85,7 +86,7 @@ async def test_lease_expiry_lets_a_slow_run_overlap(
 
 
 async def test_cooperative_heartbeat_extends_the_lease(
-    backend: BackendConfig, clock: FakeClock
+    backend: BackendConfig, clock: VirtualClock
 ) -> None:
     # long horizon: the loop wakes on known due times, so a long poll interval is fine
     app = make_app(backend, clock, poll_interval=datetime.timedelta(minutes=10))
@@ -108,7 +109,7 @@ async def test_cooperative_heartbeat_extends_the_lease(
 
 
 async def test_with_heartbeat_keeps_a_long_task_alive(
-    backend: BackendConfig, clock: FakeClock
+    backend: BackendConfig, clock: VirtualClock
 ) -> None:
     # long horizon: the loop wakes on known due times, so a long poll interval is fine
     app = make_app(backend, clock, poll_interval=datetime.timedelta(minutes=10))
@@ -131,7 +132,7 @@ async def test_with_heartbeat_keeps_a_long_task_alive(
 
 
 async def test_with_heartbeat_cancels_on_lease_lost(
-    backend: BackendConfig, clock: FakeClock
+    backend: BackendConfig, clock: VirtualClock
 ) -> None:
     app = make_app(backend, clock)
     outcome: list[str] = []
@@ -154,7 +155,7 @@ async def test_with_heartbeat_cancels_on_lease_lost(
 
 
 async def test_concurrency_limit_caps_running_and_claimed(
-    backend: BackendConfig, clock: FakeClock
+    backend: BackendConfig, clock: VirtualClock
 ) -> None:
     app = make_app(backend, clock, concurrency_limit=2)
     running_now: list[int] = []
@@ -179,7 +180,7 @@ async def test_concurrency_limit_caps_running_and_claimed(
 
 
 async def test_synchronous_executor_runs_one_at_a_time(
-    backend: BackendConfig, clock: FakeClock
+    backend: BackendConfig, clock: VirtualClock
 ) -> None:
     app = make_app(backend, clock, executor_cls=SynchronousExecutor)
     events: list[str] = []
@@ -197,7 +198,7 @@ async def test_synchronous_executor_runs_one_at_a_time(
 
 
 async def test_middlewares_run_in_order_around_each_execution(
-    backend: BackendConfig, clock: FakeClock
+    backend: BackendConfig, clock: VirtualClock
 ) -> None:
     app = make_app(backend, clock)
     log: list[str] = []
@@ -230,7 +231,7 @@ async def test_middlewares_run_in_order_around_each_execution(
     assert state is not None and state.scheduled_at == T0 + 20 * S  # success as far as we know
 
 
-async def test_fixtures_and_context_items(backend: BackendConfig, clock: FakeClock) -> None:
+async def test_fixtures_and_context_items(backend: BackendConfig, clock: VirtualClock) -> None:
     app = make_app(backend, clock)
     log: list[str] = []
 
@@ -269,7 +270,7 @@ async def test_fixtures_and_context_items(backend: BackendConfig, clock: FakeClo
 
 
 async def test_graceful_shutdown_waits_for_running_executions(
-    backend: BackendConfig, clock: FakeClock
+    backend: BackendConfig, clock: VirtualClock
 ) -> None:
     app = make_app(backend, clock)
     done: list[datetime.datetime] = []
@@ -280,22 +281,27 @@ async def test_graceful_shutdown_waits_for_running_executions(
         done.append(clock.now())
 
     async with app.create() as ctx:
+        repository = counters(ctx.repository)
         loop = asyncio.ensure_future(ctx.run())
         await clock.advance(11)
         assert ctx.last_tick is not None and ctx.last_tick >= T0 + 10 * S
         ctx.shutdown()
         await clock.advance(5)
-        assert not loop.done()  # still waiting for the execution
-        await clock.advance(30)
+        # as in 1.x, run() returns once polling stops; the execution goes on
         assert loop.done()
         await loop
+        assert done == []
         state = await ctx.get_task(job)
+        assert state is not None and state.locked_by is not None
+        # leaving the block waits for it while time moves on
+        mover = asyncio.ensure_future(clock.advance(60))
     assert done == [T0 + 40 * S]
-    assert state is not None and state.scheduled_at == T0 + 20 * S and state.locked_by is None
+    assert repository.calls.get("commit", 0) == 1
+    await mover
 
 
-async def test_cancellation_during_shutdown_releases_the_lease(
-    backend: BackendConfig, clock: FakeClock
+async def test_leaving_create_by_cancellation_cancels_executions(
+    backend: BackendConfig, clock: VirtualClock
 ) -> None:
     app = make_app(backend, clock)
     cancelled: list[str] = []
@@ -308,22 +314,26 @@ async def test_cancellation_during_shutdown_releases_the_lease(
             cancelled.append("job")
             raise
 
-    async with app.create() as ctx:
-        loop = asyncio.ensure_future(ctx.run())
-        await clock.advance(10)
-        ctx.shutdown()
-        await clock.settle()
-        loop.cancel()  # a second signal: stop now
-        await clock.settle()
-        assert loop.done()
-        ctx._executor.cancel()
-        await clock.settle()
-        state = await ctx.get_task(job)
+    async def lifetime() -> None:
+        async with app.create() as ctx:
+            calls.append(counters(ctx.repository))
+            loop = asyncio.ensure_future(ctx.run())
+            await clock.advance(10)
+            assert cancelled == []
+            loop.cancel()  # e.g. a second signal: stop now
+            await loop
+
+    calls: list[RepositoryCounters] = []
+    with pytest.raises(asyncio.CancelledError):
+        await lifetime()
+    (repository,) = calls
+    # the blocked execution was cancelled instead of awaited, and its lease released
     assert cancelled == ["job"]
-    assert state is not None and state.locked_by is None and state.scheduled_at == T0 + 10 * S
+    assert repository.calls.get("unlock", 0) == 1
+    assert repository.calls.get("commit", 0) == 0
 
 
-async def test_backend_outage_is_survived(backend: BackendConfig, clock: FakeClock) -> None:
+async def test_backend_outage_is_survived(backend: BackendConfig, clock: VirtualClock) -> None:
     app = make_app(backend, clock)
     seen: list[datetime.datetime] = []
 
@@ -332,8 +342,7 @@ async def test_backend_outage_is_survived(backend: BackendConfig, clock: FakeClo
         seen.append(context.scheduled_at)
 
     async with running(app) as ctx:
-        repository = ctx.repository
-        assert isinstance(repository, CountingRepository)
+        repository = counters(ctx.repository)
         await clock.advance(10)
         repository.fail_with = BackendUnavailableError("down for maintenance")
         await clock.advance(45)
@@ -346,7 +355,7 @@ async def test_backend_outage_is_survived(backend: BackendConfig, clock: FakeClo
 
 
 async def test_lease_lost_inside_a_task_is_not_committed(
-    backend: BackendConfig, clock: FakeClock
+    backend: BackendConfig, clock: VirtualClock
 ) -> None:
     app = make_app(backend, clock)
 

@@ -8,20 +8,22 @@ import datetime
 import pytest
 
 from backends import BackendConfig
-from harness import T0, FakeClock, make_app, running
+from harness import T0, VirtualClock, make_app, running
 from pyncette import Context, ExecutionMode, Pyncette
 
 pytestmark = [pytest.mark.anyio, pytest.mark.shared_storage]
 S = datetime.timedelta(seconds=1)
 
 
-def apps(backend: BackendConfig, clock: FakeClock, count: int, **options: object) -> list[Pyncette]:
+def apps(
+    backend: BackendConfig, clock: VirtualClock, count: int, **options: object
+) -> list[Pyncette]:
     return [make_app(backend, clock, **options) for _ in range(count)]
 
 
 @pytest.mark.parametrize("mode", [ExecutionMode.AT_MOST_ONCE, ExecutionMode.AT_LEAST_ONCE])
 async def test_each_scheduled_run_executes_once_across_instances(
-    backend: BackendConfig, clock: FakeClock, mode: ExecutionMode
+    backend: BackendConfig, clock: VirtualClock, mode: ExecutionMode
 ) -> None:
     runs: list[tuple[int, datetime.datetime]] = []
     instances = apps(backend, clock, 3, batch_size=4)
@@ -54,7 +56,7 @@ async def test_each_scheduled_run_executes_once_across_instances(
 
 
 async def test_expired_lease_is_taken_over_by_another_instance(
-    backend: BackendConfig, clock: FakeClock
+    backend: BackendConfig, clock: VirtualClock
 ) -> None:
     first, second = apps(backend, clock, 2)
     runs: list[tuple[str, datetime.datetime]] = []
@@ -68,7 +70,8 @@ async def test_expired_lease_is_taken_over_by_another_instance(
     async def job_elsewhere(context: Context) -> None:
         runs.append(("second", clock.now()))
 
-    async with running(first) as ctx_first:
+    # leaving the block cancels the hung execution, as a second signal would
+    async with running(first, cancel_on_exit=True) as ctx_first:
         await ctx_first.schedule_task(job, "important", execute_at=T0 + S)
         await clock.advance(2)
         assert runs == [("first", T0 + S)]
@@ -76,5 +79,4 @@ async def test_expired_lease_is_taken_over_by_another_instance(
         async with running(second) as ctx_second:
             await clock.advance(40)
             assert await ctx_second.get_task(job_elsewhere, "important") is None
-        ctx_first._executor.cancel()
     assert runs == [("first", T0 + S), ("second", T0 + 31 * S)]

@@ -176,12 +176,162 @@ async def test_register_on_a_live_lease_is_refused_unless_forced(repo: Repositor
     assert record is not None and (record.spec, record.locked_by, record.scheduled_at) == (
         '{"v": 2}',
         None,
-        T0,
+        T0 + S,
     )
     assert await repo.commit("g", [Commit("a", A, T0 + LEASE)], now=T0) == ["a"]
     # an expired lease does not block registration
     await repo.claim("g", now=T0, limit=10, lease=B)
     assert await repo.register("g", [reg("a", T0, '{"v": 4}')], now=T0 + LEASE, force=False) == []
+
+
+async def test_forced_register_replaces_the_schedule_even_when_later(repo: Repository) -> None:
+    await repo.register("g", [reg("a", T0 + 10 * S, '{"v": 1}')], now=T0, force=False)
+    assert (
+        await repo.register(
+            "g", [reg("a", T0 + 30 * S, '{"v": 2}', lease=5 * S)], now=T0, force=True
+        )
+        == []
+    )
+    record = await repo.get("g", "a")
+    assert record is not None
+    assert (record.spec, record.scheduled_at, record.locked_by, record.locked_until) == (
+        '{"v": 2}',
+        T0 + 30 * S,
+        None,
+        None,
+    )
+    # the claim index moved with it: not due at the old time, due at the new one
+    assert (await repo.claim("g", now=T0 + 29 * S, limit=10, lease=A)).records == []
+    claimed = await repo.claim("g", now=T0 + 30 * S, limit=10, lease=A)
+    assert [(r.name, r.scheduled_at, r.locked_until) for r in claimed.records] == [
+        ("a", T0 + 30 * S, T0 + 35 * S)
+    ]
+    # forcing an earlier time works as well
+    await repo.commit("g", [Commit("a", A, T0 + 50 * S)], now=T0 + 30 * S)
+    await repo.register("g", [reg("a", T0 + 40 * S)], now=T0 + 30 * S, force=True)
+    record = await repo.get("g", "a")
+    assert record is not None and record.scheduled_at == T0 + 40 * S
+    # and unforced registrations still keep the sooner run, not the latest one
+    await repo.register("g", [reg("a", T0 + 45 * S, '{"v": 3}')], now=T0 + 30 * S, force=False)
+    record = await repo.get("g", "a")
+    assert record is not None and (record.spec, record.scheduled_at) == ('{"v": 3}', T0 + 40 * S)
+    await repo.register("g", [reg("a", T0 + 35 * S, '{"v": 4}')], now=T0 + 30 * S, force=False)
+    record = await repo.get("g", "a")
+    assert record is not None and (record.spec, record.scheduled_at) == ('{"v": 4}', T0 + 35 * S)
+    assert (await repo.claim("g", now=T0 + 34 * S, limit=10, lease=A)).records == []
+    assert len((await repo.claim("g", now=T0 + 35 * S, limit=10, lease=A)).records) == 1
+
+
+async def test_forced_register_on_a_live_lease_takes_the_later_time_at_once(
+    repo: Repository,
+) -> None:
+    await repo.register("g", [reg("a", T0, '{"v": 1}')], now=T0, force=False)
+    assert len((await repo.claim("g", now=T0, limit=1, lease=A)).records) == 1
+    later = T0 + 10 * LEASE
+    assert await repo.register("g", [reg("a", later, '{"v": 2}')], now=T0 + S, force=True) == []
+    record = await repo.get("g", "a")
+    assert record is not None
+    assert (record.spec, record.scheduled_at, record.locked_by, record.locked_until) == (
+        '{"v": 2}',
+        later,
+        None,
+        None,
+    )
+    # the old holder is refused everywhere, and changes nothing
+    assert await repo.extend("g", "a", A, locked_until=T0 + 2 * LEASE) is False
+    assert await repo.commit("g", [Commit("a", A, T0 + S)], now=T0 + 2 * S) == ["a"]
+    assert await repo.unlock("g", "a", A) is False
+    record = await repo.get("g", "a")
+    assert record is not None
+    assert (record.scheduled_at, record.locked_by, record.locked_until) == (later, None, None)
+    # neither the old run nor the old lease's expiry makes the row claimable again
+    assert (await repo.claim("g", now=T0 + LEASE, limit=10, lease=B)).records == []
+    claimed = await repo.claim("g", now=later, limit=10, lease=B)
+    assert [(r.name, r.scheduled_at, r.locked_by) for r in claimed.records] == [("a", later, B)]
+    assert await repo.commit("g", [Commit("a", A, None)], now=later) == ["a"]
+    assert await repo.commit("g", [Commit("a", B, later + S)], now=later) == []
+
+
+async def test_the_same_batch_unforced_then_forced(repo: Repository) -> None:
+    await repo.register(
+        "g",
+        [
+            reg("expired", T0),
+            reg("held", T0),
+            reg("free", T0 + 5 * S),
+            reg("sooner", T0 + 10 * LEASE),
+        ],
+        now=T0,
+        force=False,
+    )
+    await repo.claim("g", now=T0, limit=2, lease=A)  # "expired" and "held"
+    await repo.extend("g", "held", A, locked_until=T0 + 10 * LEASE)
+    now = T0 + 2 * LEASE  # "expired"'s lease ran out, "held"'s is live
+    batch = [
+        reg("expired", now + 10 * S, '{"v": "expired"}', lease=5 * S),
+        reg("free", now + 20 * S, '{"v": "free"}'),
+        reg("held", now + 30 * S, '{"v": "held"}'),
+        reg("new", now + 40 * S, '{"v": "new"}'),
+        reg("sooner", now + 50 * S, '{"v": "sooner"}'),
+    ]
+
+    async def rows() -> dict[str, tuple[object, ...]]:
+        found: dict[str, tuple[object, ...]] = {}
+        for item in batch:
+            record = await repo.get("g", item.name)
+            assert record is not None
+            found[item.name] = (record.spec, record.scheduled_at, record.locked_by)
+        return found
+
+    # unforced: sooner runs kept, the live lease left alone, the expired one cleared
+    assert await repo.register("g", batch, now=now, force=False) == ["held"]
+    assert await rows() == {
+        "expired": ('{"v": "expired"}', T0, None),
+        "free": ('{"v": "free"}', T0 + 5 * S, None),
+        "held": (None, T0, A),
+        "new": ('{"v": "new"}', now + 40 * S, None),
+        "sooner": ('{"v": "sooner"}', now + 50 * S, None),
+    }
+    # forced: every row takes exactly what was given, and no lease
+    assert await repo.register("g", batch, now=now, force=True) == []
+    assert await rows() == {item.name: (item.spec, item.scheduled_at, None) for item in batch}
+    assert await repo.commit("g", [Commit("held", A, None)], now=now) == ["held"]
+    assert (await repo.claim("g", now=now + 9 * S, limit=10, lease=B)).records == []
+    claimed = await repo.claim("g", now=now + 50 * S, limit=10, lease=B)
+    assert [r.name for r in claimed.records] == [item.name for item in batch]
+    assert claimed.records[0].locked_until == now + 55 * S
+
+
+async def test_a_name_given_twice_in_one_call_is_registered_twice_in_order(
+    repo: Repository,
+) -> None:
+    await repo.register("g", [reg("a", T0 + 30 * S), reg("b", T0 + 30 * S)], now=T0, force=False)
+    twice = [
+        reg("a", T0 + 20 * S, '{"v": 1}'),
+        reg("a", T0 + 50 * S, '{"v": 2}', lease=5 * S),
+        reg("c", T0 + 20 * S, '{"v": 1}'),
+        reg("c", T0 + 50 * S, '{"v": 2}'),
+    ]
+    assert await repo.register("g", twice, now=T0, force=False) == []
+    for name in "ac":
+        record = await repo.get("g", name)
+        assert record is not None and (record.spec, record.scheduled_at) == (
+            '{"v": 2}',
+            T0 + 20 * S,
+        )
+    claimed = await repo.claim("g", now=T0 + 20 * S, limit=10, lease=A)
+    assert {r.name: r.locked_until for r in claimed.records} == {
+        "a": T0 + 25 * S,
+        "c": T0 + 20 * S + LEASE,
+    }
+    # forced, the last one wins, even over a sooner run and a live lease
+    forced = [reg("a", T0 + 20 * S, '{"v": 3}'), reg("a", T0 + 60 * S, '{"v": 4}')]
+    forced += [reg(n, at, '{"v": 4}') for n, at in (("b", T0), ("b", T0 + 70 * S))]
+    assert await repo.register("g", forced, now=T0 + 21 * S, force=True) == []
+    for name, at in (("a", T0 + 60 * S), ("b", T0 + 70 * S)):
+        record = await repo.get("g", name)
+        assert record is not None
+        assert (record.spec, record.scheduled_at, record.locked_by) == ('{"v": 4}', at, None)
 
 
 async def test_unregister(repo: Repository) -> None:

@@ -7,7 +7,7 @@ import datetime
 import pytest
 
 from backends import BackendConfig
-from harness import T0, FakeClock, make_app, running
+from harness import T0, ClockFactory, VirtualClock, make_app, running
 from pyncette import Context
 from pyncette.schedule import next_cron, parse_timezone
 
@@ -15,7 +15,9 @@ pytestmark = pytest.mark.anyio
 S = datetime.timedelta(seconds=1)
 
 
-async def test_interval_task_runs_every_interval(backend: BackendConfig, clock: FakeClock) -> None:
+async def test_interval_task_runs_every_interval(
+    backend: BackendConfig, clock: VirtualClock
+) -> None:
     app = make_app(backend, clock)
     seen: list[datetime.datetime] = []
 
@@ -28,7 +30,7 @@ async def test_interval_task_runs_every_interval(backend: BackendConfig, clock: 
     assert seen == [T0 + i * 10 * S for i in range(1, 6)]
 
 
-async def test_cron_with_five_and_six_fields(backend: BackendConfig, clock: FakeClock) -> None:
+async def test_cron_with_five_and_six_fields(backend: BackendConfig, clock: VirtualClock) -> None:
     app = make_app(backend, clock)
     minutes: list[datetime.datetime] = []
     tens: list[datetime.datetime] = []
@@ -48,7 +50,7 @@ async def test_cron_with_five_and_six_fields(backend: BackendConfig, clock: Fake
 
 
 async def test_executions_start_on_time_not_at_the_next_poll(
-    backend: BackendConfig, clock: FakeClock
+    backend: BackendConfig, clock: VirtualClock
 ) -> None:
     app = make_app(backend, clock, poll_interval=datetime.timedelta(seconds=30))
     started: list[datetime.datetime] = []
@@ -62,7 +64,9 @@ async def test_executions_start_on_time_not_at_the_next_poll(
     assert started == [T0 + 7 * S, T0 + 14 * S, T0 + 21 * S]
 
 
-async def test_timezone_follows_local_wall_clock(backend: BackendConfig, clock: FakeClock) -> None:
+async def test_timezone_follows_local_wall_clock(
+    backend: BackendConfig, clock: VirtualClock
+) -> None:
     app = make_app(backend, clock, poll_interval=datetime.timedelta(hours=1))
     seen: list[datetime.datetime] = []
 
@@ -76,7 +80,7 @@ async def test_timezone_follows_local_wall_clock(backend: BackendConfig, clock: 
     assert seen == [T0 + datetime.timedelta(hours=12), T0 + datetime.timedelta(days=1, hours=12)]
 
 
-async def test_disabled_task_never_runs(backend: BackendConfig, clock: FakeClock) -> None:
+async def test_disabled_task_never_runs(backend: BackendConfig, clock: VirtualClock) -> None:
     app = make_app(backend, clock)
     runs: list[str] = []
 
@@ -94,7 +98,7 @@ async def test_disabled_task_never_runs(backend: BackendConfig, clock: FakeClock
 
 
 async def test_extra_arguments_and_shared_function(
-    backend: BackendConfig, clock: FakeClock
+    backend: BackendConfig, clock: VirtualClock
 ) -> None:
     app = make_app(backend, clock)
     seen: list[tuple[str, str]] = []
@@ -111,7 +115,7 @@ async def test_extra_arguments_and_shared_function(
 
 @pytest.mark.parametrize("fast_forward", [False, True])
 async def test_fast_forward_skips_missed_runs(
-    backend: BackendConfig, clock: FakeClock, fast_forward: bool
+    backend: BackendConfig, clock: VirtualClock, fast_forward: bool
 ) -> None:
     app = make_app(backend, clock)
     seen: list[datetime.datetime] = []
@@ -206,11 +210,12 @@ def test_dst_dublin_transitions() -> None:
 )
 async def test_dst_scheduler_runs_daily_task_once_per_day(
     backend: BackendConfig,
+    make_clock: ClockFactory,
     zone: str,
     start: datetime.datetime,
     expected: list[datetime.datetime],
 ) -> None:
-    clock = FakeClock(start)
+    clock = make_clock(start)
     app = make_app(backend, clock, poll_interval=datetime.timedelta(hours=1))
     seen: list[datetime.datetime] = []
 

@@ -17,6 +17,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
+from pyncette.dynamodb.adopt import adopt_pyncette1
 from pyncette.dynamodb.client import MAX_CONCURRENCY, Caller, RetryPolicy, open_client
 from pyncette.dynamodb.repository import DynamoDBRepository
 from pyncette.dynamodb.settings import DynamoDBSettings
@@ -46,11 +47,15 @@ async def dynamodb_repository(**options: Any) -> AsyncIterator[Repository]:
     try:
         where = f"table {settings.table_name!r} at {client.meta.endpoint_url}"
         caller = Caller(where, limiter)
-        await ensure_table(
+        created = await ensure_table(
             client, caller, settings.table_name, create=not settings.skip_table_create
         )
         logger.debug("Using DynamoDB %s", where)
-        yield DynamoDBRepository(client, caller, settings.table_name, settings.partition_prefix)
+        repository = DynamoDBRepository(
+            client, caller, settings.table_name, settings.partition_prefix
+        )
+        await adopt_pyncette1(repository, created=created)  # 1.x items under this prefix
+        yield repository
     finally:
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(client.close, limiter=limiter)

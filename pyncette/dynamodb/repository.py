@@ -308,10 +308,18 @@ class DynamoDBRepository(Repository):
         if not registrations:
             return []
         partition_id = self._partition(group)
-        untouched = await self._gather(
-            [self._register(partition_id, r, now, force) for r in registrations]
-        )
-        return [r.name for r, skipped in zip(registrations, untouched, strict=True) if skipped]
+        # Rows are written concurrently, so a name given twice is folded into one write
+        # first: the later registration, keeping the sooner run unless forced.
+        merged: dict[str, Registration] = {}
+        for reg in registrations:
+            earlier = merged.get(reg.name)
+            if not force and earlier is not None and earlier.scheduled_at < reg.scheduled_at:
+                reg = Registration(reg.name, reg.spec, earlier.scheduled_at, reg.lease_duration)
+            merged[reg.name] = reg
+        batch = list(merged.values())
+        untouched = await self._gather([self._register(partition_id, r, now, force) for r in batch])
+        skipped = {r.name for r, left in zip(batch, untouched, strict=True) if left}
+        return [r.name for r in registrations if r.name in skipped]
 
     async def _register(
         self, partition_id: str, registration: Registration, now: datetime.datetime, force: bool
@@ -319,7 +327,8 @@ class DynamoDBRepository(Repository):
         """Create or update one row; ``True`` if a live lease left it untouched.
 
         The first write assumes the row is new; if it exists, DynamoDB returns it with the
-        refusal and the update is written conditioned on the version seen."""
+        refusal and the update (the sooner run, or the new one when forced) is written
+        conditioned on the version seen."""
         row = Row.new(registration)
         old: Row | None = None
         for _ in range(MAX_WRITE_ATTEMPTS):
@@ -331,7 +340,8 @@ class DynamoDBRepository(Repository):
             else:
                 if old.locked_until is not None and old.locked_until > now and not force:
                     return True
-                row.scheduled_at = min(old.scheduled_at, registration.scheduled_at)
+                if not force:
+                    row.scheduled_at = min(old.scheduled_at, registration.scheduled_at)
                 row.version = old.version + 1
                 condition = "#v = :v"
                 names = {"#v": VERSION}

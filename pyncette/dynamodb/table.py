@@ -36,10 +36,12 @@ def table_definition() -> dict[str, Any]:
     return definition
 
 
-async def ensure_table(client: DynamoDBClient, call: Caller, name: str, *, create: bool) -> None:
+async def ensure_table(client: DynamoDBClient, call: Caller, name: str, *, create: bool) -> bool:
     """Wait until table ``name`` is ACTIVE, creating it first if it is missing and
-    ``create`` is true. Instances starting together may all try to create it: one
-    succeeds, the others see it in use and wait like everyone else."""
+    ``create`` is true; return whether it was missing (so holds nothing from before).
+    Instances starting together may all try to create it: one succeeds, the others see
+    it in use and wait like everyone else."""
+    missing = False
     try:
         table = await _describe(client, call, name)
     except TableNotFound:
@@ -48,12 +50,14 @@ async def ensure_table(client: DynamoDBClient, call: Caller, name: str, *, creat
                 f"DynamoDB table {name!r} does not exist at {call.where}; create it with the "
                 "documented schema, or drop dynamodb_skip_table_create to have it created"
             ) from None
+        missing = True
         await _create(client, call, name)
         table = await _wait(client, call, name)
     else:
         if table.get("TableStatus") != "ACTIVE":
             table = await _wait(client, call, name)
     check_schema(name, table)
+    return missing
 
 
 async def _create(client: DynamoDBClient, call: Caller, name: str) -> None:

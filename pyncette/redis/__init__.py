@@ -17,6 +17,7 @@ from typing import Any
 if importlib.util.find_spec("redis") is None:  # pragma: no cover - depends on the install
     raise ImportError("The Redis backend needs redis-py: pip install 'pyncette[redis]'")
 
+from pyncette.redis.adopt import adopt_pyncette1
 from pyncette.redis.connection import open_client
 from pyncette.redis.repository import RedisRepository
 from pyncette.redis.settings import RedisSettings
@@ -35,6 +36,8 @@ async def redis_repository(**options: Any) -> AsyncIterator[Repository]:
     client = await open_client(settings)
     logger.debug("Connected to Redis at %s", settings.masked_url)
     try:
-        yield RedisRepository(client, settings.namespace)
+        repository = RedisRepository(client, settings.namespace)
+        await adopt_pyncette1(repository)  # Pyncette 1.x data in this namespace
+        yield repository
     finally:
         await client.aclose()

@@ -1,6 +1,9 @@
 -- Create or update rows. ARGV[1] is now, ARGV[2] '1' to force, ARGV[3] a JSON array of
 -- [name, scheduled_at, lease duration (microseconds), spec or false].
 -- KEYS: rows hash, due index, name index. Returns the names left untouched.
+-- An existing row keeps the sooner of its old and new run, and one with a live lease is
+-- left alone; forced, every row takes the new run as given and loses its lease. Entries
+-- apply in order, so a name given twice is updated twice.
 local now, force = tonumber(ARGV[1]), ARGV[2] == '1'
 local entries = cjson.decode(ARGV[3])
 local batch = batch_open(KEYS[1], names_of(entries))
@@ -14,7 +17,7 @@ for i = 1, #entries do
     if till ~= '' and tonumber(till) > now and not force then
       write = false
       skipped[#skipped + 1] = name
-    elseif tonumber(old_sched) < sched then
+    elseif not force and tonumber(old_sched) < sched then
       sched = tonumber(old_sched)
     end
   end

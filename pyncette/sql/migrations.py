@@ -19,6 +19,7 @@ from alembic.config import Config
 from sqlalchemy import Column, Connection, MetaData, String, Table, inspect
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from pyncette.sql.adopt import pyncette1_problem
 from pyncette.sql.engine import (
     create_engine,
     detect_capabilities,
@@ -99,6 +100,14 @@ async def ensure_table(
                 f"Table {table!r} does not exist and {option} is set. Create it with "
                 f"`{upgrade_command(mask(engine.url), table)}` (from the pyncette source "
                 f"root, or add `-c {alembic_ini()}`), or unset {option}."
+            )
+        problem = await conn.run_sync(pyncette1_problem, table)
+        if problem is not None:
+            raise ValueError(
+                f"{problem} and {option} is set. Convert it in place with "
+                f"`{upgrade_command(mask(engine.url), table)}` (from the pyncette source "
+                f"root, or add `-c {alembic_ini()}`), or unset {option} to have it "
+                "converted at start-up."
             )
 
 

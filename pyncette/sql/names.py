@@ -6,7 +6,8 @@ from __future__ import annotations
 import re
 
 MAX_TABLE_NAME = 47
-"""63 (PostgreSQL's identifier limit) minus the ``_alembic_version`` suffix."""
+"""63 (PostgreSQL's identifier limit) minus the ``_alembic_version`` suffix (and more than
+the ``_pyncette1`` suffix plus PostgreSQL's ``_pkey``)."""
 _TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -31,3 +32,8 @@ def version_table_name(table: str) -> str:
 
 def due_index_name(table: str) -> str:
     return f"ix_{table}_due_at"
+
+
+def backup_table_name(table: str) -> str:
+    """Where a Pyncette 1.x table converted in place is kept (1.x names had no digits)."""
+    return f"{table}_pyncette1"

@@ -51,15 +51,17 @@ class SqlRepository(Repository):
       do, and only when a row was no longer held is the transaction rolled back and
       redone with the held rows locked and read first.
     * register: one upsert per chunk, changing only rows not held by a live lease
-      (unless forced): on PostgreSQL ``INSERT … SELECT … FROM unnest(…) ON CONFLICT DO
-      UPDATE … WHERE … RETURNING``; elsewhere an ``executemany`` of the one-row
-      ``INSERT … ON CONFLICT DO UPDATE … WHERE`` (SQLite; then a primary-key read of
-      the rows still locked, the ones left alone) or ``INSERT … ON DUPLICATE KEY
-      UPDATE`` with guarded assignments (MySQL; the driver sends it as one multi-row
-      ``INSERT``) after locking the existing rows, which tells the live leases it will
-      leave alone, and unlocking expired ones if there are any. Where that is one
-      statement it runs without ``BEGIN``/``COMMIT``: on PostgreSQL always, and on
-      SQLite for a single row, as the upsert ``RETURNING`` the name if it wrote the row.
+      (unless forced; whether it writes the sooner run or the new one is a ``CASE`` on
+      the ``force`` parameter, on MySQL a variant of the statement): on PostgreSQL
+      ``INSERT … SELECT … FROM unnest(…) ON CONFLICT DO UPDATE … WHERE … RETURNING``;
+      elsewhere an ``executemany`` of the one-row ``INSERT … ON CONFLICT DO UPDATE …
+      WHERE`` (SQLite; then a primary-key read of the rows still locked, the ones left
+      alone) or ``INSERT … ON DUPLICATE KEY UPDATE`` with guarded assignments (MySQL;
+      the driver sends it as one multi-row ``INSERT``) after locking the existing rows,
+      which tells the live leases it will leave alone, and unlocking expired ones if
+      there are any. Where that is one statement it runs without ``BEGIN``/``COMMIT``:
+      on PostgreSQL always, and on SQLite for a single row, as the upsert ``RETURNING``
+      the name if it wrote the row.
     """
 
     def __init__(
@@ -247,10 +249,11 @@ class SqlRepository(Repository):
         now: datetime.datetime,
         force: bool,
     ) -> list[str]:
+        # a name given twice is one row written twice in order: fold it into one upsert
         merged: dict[str, Registration] = {}
         for reg in registrations:
             earlier = merged.get(reg.name)
-            if earlier is not None and earlier.scheduled_at < reg.scheduled_at:
+            if not force and earlier is not None and earlier.scheduled_at < reg.scheduled_at:
                 reg = Registration(reg.name, reg.spec, earlier.scheduled_at, reg.lease_duration)
             merged[reg.name] = reg
         batch = list(merged.values())

@@ -245,15 +245,17 @@ class Statements:
         ``None``), run as one ``executemany``.
 
         An existing row is changed only when it is unlocked, its lease expired, or
-        ``force``; then it gets the new spec and lease duration, the sooner of the two
-        runs, and no lease. With ``ON CONFLICT … WHERE`` that is the conflict's ``WHERE``
-        (parameters ``group``, ``now``, ``force``; on PostgreSQL ``RETURNING`` names the
-        rows written). ``ON DUPLICATE KEY UPDATE`` (MySQL) must stay free of parameters,
-        or the driver cannot send an ``executemany`` as one multi-row ``INSERT``: the
-        caller locks the existing rows (:attr:`lock_existing`) and clears expired leases
+        ``force``; then it gets the new spec and lease duration, no lease, and the sooner
+        of the two runs, or when ``force`` the new run as given. With ``ON CONFLICT …
+        WHERE`` that is the conflict's ``WHERE`` and a ``CASE`` on ``force`` (parameters
+        ``group``, ``now``, ``force``; on PostgreSQL ``RETURNING`` names the rows
+        written). ``ON DUPLICATE KEY UPDATE`` (MySQL) must stay free of parameters, or the
+        driver cannot send an ``executemany`` as one multi-row ``INSERT``: the caller
+        locks the existing rows (:attr:`lock_existing`) and clears expired leases
         (:attr:`clear_expired`) first, every assignment is guarded by
-        ``locked_by IS NULL``, and the forced variant first clears the lease
-        (``VALUES(locked_by)`` is NULL; MySQL assigns left to right).
+        ``locked_by IS NULL``, and the forced variant, a statement of its own, first
+        clears the lease (``VALUES(locked_by)`` is NULL; MySQL assigns left to right)
+        and takes ``VALUES(scheduled_at)`` as it is.
         """
         key = "forced" if force and not self.caps.upsert_where else "upsert"
         stmt = self._upserts.get(key)
@@ -275,25 +277,26 @@ class Statements:
             self._upserts[key] = stmt
         return stmt
 
-    def _may_change(self) -> Any:
-        c = self.table.c
-        now = bindparam("now", type_=UtcMicros())
-        return c.locked_by.is_(None) | (c.due_at <= now) | bindparam("force", type_=Boolean())
-
     def _guarded_upsert(self, stmt: Any) -> Executable:
         c = self.table.c
         new = stmt.excluded
-        sooner = case((c.scheduled_at <= new.scheduled_at, c.scheduled_at), else_=new.scheduled_at)
+        now = bindparam("now", type_=UtcMicros())
+        force = bindparam("force", type_=Boolean())
+        run = case(
+            (force, new.scheduled_at),
+            (c.scheduled_at <= new.scheduled_at, c.scheduled_at),
+            else_=new.scheduled_at,
+        )
         upsert = stmt.on_conflict_do_update(
             index_elements=[c.task_group, c.name],
             set_={
                 "spec": new.spec,
                 "lease_duration_us": new.lease_duration_us,
-                "scheduled_at": sooner,
-                "due_at": sooner,
+                "scheduled_at": run,
+                "due_at": run,
                 "locked_by": null(),
             },
-            where=self._may_change(),
+            where=c.locked_by.is_(None) | (c.due_at <= now) | force,
         )
         result: Executable = upsert.returning(c.name) if self.caps.array_params else upsert
         return result
@@ -306,11 +309,11 @@ class Statements:
         def keep(value: Any, old: Any) -> Any:
             return func.if_(ours, value, old)
 
-        sooner = func.least(c.scheduled_at, new.scheduled_at)
+        run = new.scheduled_at if force else func.least(c.scheduled_at, new.scheduled_at)
         assignments = [
             ("spec", keep(new.spec, c.spec)),
             ("lease_duration_us", keep(new.lease_duration_us, c.lease_duration_us)),
-            ("scheduled_at", keep(sooner, c.scheduled_at)),
+            ("scheduled_at", keep(run, c.scheduled_at)),
             ("due_at", keep(c.scheduled_at, c.due_at)),  # the scheduled_at just assigned
         ]
         if force:

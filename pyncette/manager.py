@@ -1,0 +1,193 @@
+"""Operations on stored tasks: schedule, unschedule, read and list instances.
+
+The :class:`TaskManager` turns the public calls of :class:`~pyncette.PyncetteContext`
+into repository calls; it never executes anything. Whenever it stores a run that falls
+due sooner than the loop expects, it tells the loop through ``on_due``.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from pyncette.batching import RegisterBatcher, chunks
+from pyncette.clock import Clock
+from pyncette.codec import decode_token, encode_token
+from pyncette.errors import TaskLockedException
+from pyncette.model import ContinuationToken, TaskPage, TaskState
+from pyncette.options import positive_int
+from pyncette.repository import Record, Registration, Repository
+from pyncette.task import STATIC_GROUP, Task
+
+DueCallback = Callable[[str, datetime.datetime | None], None]
+
+
+def dynamic_template(task: object) -> Task:
+    """``task`` as a dynamic template, or a ``ValueError`` saying what it is instead."""
+    if not isinstance(task, Task):
+        raise ValueError(f"Expected a task, got {task!r}")
+    if not task.dynamic:
+        raise ValueError(
+            f"Cannot instantiate a non-dynamic task: {task.name!r} is not a dynamic task"
+        )
+    if task.is_instance:
+        raise ValueError(f"{task} is already an instance; pass its dynamic task instead")
+    return task
+
+
+def task_state(task: Task, record: Record) -> TaskState:
+    return TaskState(task, record.scheduled_at, record.locked_until, record.locked_by)
+
+
+class TaskManager:
+    def __init__(
+        self,
+        repository: Repository,
+        clock: Clock,
+        batch_size: int,
+        on_due: DueCallback,
+    ) -> None:
+        self._repository = repository
+        self._clock = clock
+        self._batch_size = batch_size
+        self._on_due = on_due
+        self._registrations = RegisterBatcher(self._register, batch_size)
+
+    async def _register(self, group: str, rows: list[Registration], force: bool) -> list[str]:
+        return await self._repository.register(group, rows, now=self._clock.now(), force=force)
+
+    async def register_static(self, tasks: Iterable[Task]) -> None:
+        """Create the rows of static tasks that have none (existing rows keep their
+        schedule unless the new first run is sooner)."""
+        now = self._clock.now()
+        rows = [Registration(t.name, None, t.initial_run(now), t.lease_duration) for t in tasks]
+        for chunk in chunks(rows, self._batch_size):
+            await self._repository.register(STATIC_GROUP, list(chunk), now=now, force=False)
+
+    async def schedule_task(
+        self, task: Task, instance_name: str, force: bool, options: dict[str, Any]
+    ) -> Task:
+        template = dynamic_template(task)
+        instance = template.make_instance(instance_name, options)
+        group = template.group_for(instance_name)
+        scheduled_at = instance.initial_run(self._clock.now())
+        registration = Registration(
+            instance_name, instance.spec(), scheduled_at, instance.lease_duration
+        )
+        if not await self._registrations.register(group, registration, force):
+            raise TaskLockedException(instance)
+        self._on_due(group, scheduled_at)
+        return instance
+
+    async def schedule_tasks(
+        self,
+        task: Task,
+        instances: Mapping[str, Mapping[str, Any]] | Iterable[tuple[str, Mapping[str, Any]]],
+        force: bool,
+    ) -> list[Task]:
+        template = dynamic_template(task)
+        items = instances.items() if isinstance(instances, Mapping) else instances
+        now = self._clock.now()
+        created: list[Task] = []
+        by_group: dict[str, list[Registration]] = {}
+        for name, options in items:
+            instance = template.make_instance(name, dict(options))
+            created.append(instance)
+            by_group.setdefault(template.group_for(name), []).append(
+                Registration(
+                    name, instance.spec(), instance.initial_run(now), instance.lease_duration
+                )
+            )
+        locked = [name for _, name in await self.register_rows(by_group, force=force)]
+        if locked:
+            raise TaskLockedException(
+                template,
+                message=f"Instances locked by running executions: {', '.join(sorted(locked))}",
+            )
+        return created
+
+    async def register_rows(
+        self, by_group: Mapping[str, list[Registration]], *, force: bool
+    ) -> list[tuple[str, str]]:
+        """Register prepared rows in ``batch_size`` chunks per group, waking the loop for
+        any that fall due sooner; return the (group, name) pairs left alone because
+        they are locked."""
+        locked: list[tuple[str, str]] = []
+        now = self._clock.now()
+        for group, registrations in by_group.items():
+            for chunk in chunks(registrations, self._batch_size):
+                skipped = await self._repository.register(group, chunk, now=now, force=force)
+                locked += [(group, name) for name in skipped]
+                self._on_due(group, min(r.scheduled_at for r in chunk))
+        return locked
+
+    async def unschedule_task(self, task: Task, instance_name: str | None) -> None:
+        template, name = _instance_key(task, instance_name)
+        await self._repository.unregister(template.group_for(name), name)
+
+    async def get_task(self, task: Task, instance_name: str | None) -> TaskState | None:
+        if isinstance(task, Task) and task.is_instance and instance_name is not None:
+            raise ValueError(
+                f"Cannot provide instance_name with already-instantiated dynamic task {task}"
+            )
+        if isinstance(task, Task) and not task.dynamic and not task.is_instance:
+            if instance_name is not None:
+                raise ValueError(
+                    f"instance_name provided but task is not dynamic: {task.name!r} is static"
+                )
+            record = await self._repository.get(STATIC_GROUP, task.name)
+            return task_state(task, record) if record is not None else None
+        template, name = _instance_key(task, instance_name)
+        record = await self._repository.get(template.group_for(name), name)
+        if record is None:
+            return None
+        return task_state(template.from_spec(name, record.spec or "{}"), record)
+
+    async def list_tasks(
+        self, task: Task, limit: int | None, continuation_token: ContinuationToken | None
+    ) -> TaskPage:
+        if not isinstance(task, Task) or not task.dynamic or task.is_instance:
+            raise ValueError(f"Cannot list instances of non-dynamic task {task}")
+        limit = positive_int("limit", limit if limit is not None else self._batch_size)
+        groups = task.all_groups()
+        index, inner = (0, None) if continuation_token is None else _position(continuation_token)
+        states: list[TaskState] = []
+        while index < len(groups) and len(states) < limit:
+            page = await self._repository.list(
+                groups[index], limit=limit - len(states), continuation_token=inner
+            )
+            states.extend(
+                task_state(task.from_spec(r.name, r.spec or "{}"), r) for r in page.records
+            )
+            if page.continuation_token is None:
+                index, inner = index + 1, None
+            else:
+                inner = page.continuation_token
+        token = encode_token([index, inner]) if index < len(groups) else None
+        return TaskPage(states, token)
+
+
+def _instance_key(task: Task, instance_name: str | None) -> tuple[Task, str]:
+    if isinstance(task, Task) and task.is_instance:
+        assert task.parent_task is not None
+        return task.parent_task, task.name
+    template = dynamic_template(task)
+    if instance_name is None:
+        raise ValueError(f"{task.name!r} is a dynamic task: instance name must be provided")
+    return template, instance_name
+
+
+def _position(token: ContinuationToken) -> tuple[int, ContinuationToken | None]:
+    """Where a ``list_tasks`` token says to go on: a group index and the backend's token."""
+    value = decode_token(token)
+    if (
+        not isinstance(value, list)
+        or len(value) != 2
+        or isinstance(value[0], bool)
+        or not isinstance(value[0], int)
+        or value[0] < 0
+        or not (value[1] is None or isinstance(value[1], str))
+    ):
+        raise ValueError(f"Invalid continuation token {token!r}")
+    return value[0], (ContinuationToken(value[1]) if value[1] is not None else None)

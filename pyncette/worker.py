@@ -1,0 +1,421 @@
+"""The poll loop: claim due rows, dispatch them to the executor, run each execution
+through the middlewares, then commit, unlock or let the lease lapse.
+
+Every decision about an execution (what the next run is, what a failure or a lost
+lease means, at-most-once versus at-least-once) is made here, once, for every backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import functools
+import inspect
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import anyio.to_thread
+
+from pyncette import retry
+from pyncette.batching import CommitBatcher
+from pyncette.clock import Clock, yield_to_loop
+from pyncette.errors import LeaseLostException
+from pyncette.events import (
+    EventBus,
+    ExecutionFailed,
+    ExecutionFinished,
+    ExecutionStarted,
+    LeaseLost,
+    TickFinished,
+    TickStarted,
+)
+from pyncette.executor import Runner
+from pyncette.model import Context, ExecutionMode, FailureMode, Lease, MiddlewareFunc
+from pyncette.options import AppSettings
+from pyncette.repository import Commit, Record, Repository
+from pyncette.task import STATIC_GROUP, Task, is_async_callable
+
+if TYPE_CHECKING:
+    from pyncette.context import PyncetteContext
+
+logger = logging.getLogger(__name__)
+LEASE_TOLERANCE = datetime.timedelta(seconds=1)
+"""A claimed lease this far off the task's lease_duration is extended to match it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A row this instance holds a lease on."""
+
+    group: str
+    name: str
+    spec: str | None
+    scheduled_at: datetime.datetime
+    lease: Lease
+    locked_until: datetime.datetime
+
+    @classmethod
+    def of(cls, group: str, record: Record) -> Claimed:
+        if record.locked_by is None or record.locked_until is None:
+            raise RuntimeError(f"The backend returned claimed row {record.name!r} without a lease")
+        return cls(
+            group, record.name, record.spec, record.scheduled_at, record.locked_by,
+            record.locked_until,
+        )  # fmt: skip
+
+
+class Worker:
+    """Runs the loop of one :class:`~pyncette.PyncetteContext`."""
+
+    def __init__(
+        self,
+        *,
+        app_context: PyncetteContext,
+        repository: Repository,
+        runner: Runner,
+        clock: Clock,
+        settings: AppSettings,
+        events: EventBus,
+        middlewares: Sequence[MiddlewareFunc],
+        items: Mapping[str, Any],
+    ) -> None:
+        self._app_context = app_context
+        self._repository = repository
+        self._runner = runner
+        self._clock = clock
+        self._settings = settings
+        self._events = events
+        self._middlewares = middlewares
+        self._items = items
+        self._static: dict[str, Task] = {}
+        self._targets: list[tuple[str, Task | None]] = []
+        self._polled: set[str] = set()
+        self._wake = asyncio.Event()
+        self._wake_at: datetime.datetime | None = None
+        self._hint: datetime.datetime | None = None
+        self._stopping = False
+        self._commits = CommitBatcher(self._commit)
+        self._background_tasks: set[asyncio.Future[None]] = set()
+        self.last_tick: datetime.datetime | None = None
+
+    # -- what is polled ---------------------------------------------------------------
+
+    def poll(self, tasks: Sequence[Task]) -> None:
+        """Poll the enabled ones of ``tasks`` (read now, so ``task.enabled = False`` set
+        before :meth:`run` is honoured)."""
+        self._static = {t.name: t for t in tasks if not t.dynamic and t.enabled}
+        self._targets = [(STATIC_GROUP, None)] if self._static else []
+        for task in tasks:
+            if task.dynamic and task.enabled:
+                self._targets.extend((group, task) for group in task.groups())
+        self._polled = {group for group, _ in self._targets}
+
+    @property
+    def static_tasks(self) -> list[Task]:
+        return list(self._static.values())
+
+    def note_due(self, group: str, due_at: datetime.datetime | None) -> None:
+        """Something in ``group`` becomes due at ``due_at``: make sure the loop wakes then."""
+        if due_at is None or group not in self._polled:
+            return
+        wake_at = self._wake_at
+        if wake_at is None:  # a tick is running: fold it into the next wake-up
+            if self._hint is None or due_at < self._hint:
+                self._hint = due_at
+        elif due_at < wake_at:
+            self._wake.set()
+
+    # -- the loop ---------------------------------------------------------------------
+
+    async def run(self) -> None:
+        poll = self._settings.poll_interval.total_seconds()
+        failures = 0
+        try:
+            while not self._stopping:
+                self._wake.clear()
+                self._hint = None
+                started = time.perf_counter()
+                if self._events.active:
+                    self._events.emit(TickStarted(self._clock.now()))
+                claimed = 0
+                try:
+                    wake_at, more, claimed = await self._tick()
+                except Exception as error:
+                    failures += 1
+                    delay = min(retry.POLL.delay(failures), poll * 4)
+                    logger.exception(
+                        "Polling failed (attempt %d); retrying in %.1f s", failures, delay
+                    )
+                    self._tick_finished(started, claimed, error)
+                    await self._idle(delay)
+                    continue
+                failures = 0
+                self.last_tick = self._clock.now()
+                self._tick_finished(started, claimed, None)
+                if more:
+                    await yield_to_loop()
+                    continue
+                if self._hint is not None and self._hint < wake_at:
+                    wake_at = self._hint
+                self._wake_at = wake_at
+                await self._idle((wake_at - self._clock.now()).total_seconds())
+                self._wake_at = None
+        finally:
+            self._wake_at = None
+
+    def _tick_finished(self, started: float, claimed: int, error: BaseException | None) -> None:
+        if self._events.active:
+            duration = time.perf_counter() - started
+            self._events.emit(TickFinished(self._clock.now(), duration, claimed, error))
+
+    async def _idle(self, seconds: float) -> None:
+        if seconds <= 0 or self._stopping or self._wake.is_set():
+            return
+        with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
+            await self._clock.wait_for(self._wake.wait(), seconds)
+
+    def shutdown(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        self._runner.wake()
+
+    async def drain(self) -> None:
+        """Wait for commits in flight and background releases (after the executions)."""
+        await self._commits.drain()
+        while self._background_tasks:
+            await asyncio.wait(list(self._background_tasks))
+
+    async def _tick(self) -> tuple[datetime.datetime, bool, int]:
+        """Claim one batch from every polled group; return when to wake, whether any
+        group had more due work than one batch, and how many rows were claimed."""
+        now = self._clock.now()
+        wake_at = now + self._settings.poll_interval
+        more = False
+        claimed = 0
+        runner = self._runner
+        for group, template in self._targets:
+            if self._stopping:
+                break
+            if runner.capacity <= 0:
+                await runner.wait_for_capacity()
+                if self._stopping:
+                    break
+                now = self._clock.now()
+            limit = min(self._settings.batch_size, runner.capacity)
+            lease = Lease(uuid.uuid4().hex)
+            result = await self._repository.claim(group, now=now, limit=limit, lease=lease)
+            if result.records:
+                rows = [Claimed.of(group, record) for record in result.records]
+                claimed += len(rows)
+                await self._dispatch(template, rows, now)
+                # a run that neither commits nor unlocks is claimable again at its expiry
+                wake_at = min(wake_at, min(row.locked_until for row in rows))
+            if len(result.records) >= limit:
+                more = True
+            elif result.next_due_at is not None and result.next_due_at < wake_at:
+                wake_at = result.next_due_at
+        return wake_at, more, claimed
+
+    async def _dispatch(
+        self, template: Task | None, rows: list[Claimed], now: datetime.datetime
+    ) -> None:
+        at_most_once: list[tuple[Task, Claimed]] = []
+        spawn = self._runner.spawn
+        for row in rows:
+            task = self._resolve(template, row)
+            if task is None:
+                continue
+            if task.execution_mode is ExecutionMode.AT_MOST_ONCE:
+                at_most_once.append((task, row))
+                continue
+            if abs(row.locked_until - now - task.lease_duration) > LEASE_TOLERANCE:
+                # stored with another lease length (imported, or the task changed since):
+                # hold it for the task's own lease from the start
+                await self._extend(row, row.lease, now + task.lease_duration)
+            await spawn(self._execute(task, row))
+        if at_most_once:
+            group = rows[0].group
+            commits = [
+                Commit(row.name, row.lease, task.next_run(row.scheduled_at, now))
+                for task, row in at_most_once
+            ]
+            lost = set(await self._repository.commit(group, commits, now=now))
+            self.note_due(group, min((c.next_at for c in commits if c.next_at), default=None))
+            for task, row in at_most_once:
+                if row.name in lost:
+                    logger.warning("Lease lost on %s before it started; skipping", task)
+                else:
+                    await spawn(self._execute(task, row, at_most_once=True))
+
+    def _resolve(self, template: Task | None, row: Claimed) -> Task | None:
+        if template is None:
+            task = self._static.get(row.name)
+            if task is None:
+                # A static task this instance does not run (disabled here, or removed):
+                # hand it back at once so an instance that runs it can claim it.
+                logger.debug("Releasing static task %r: not enabled here", row.name)
+                self._background(self._repository.unlock(row.group, row.name, row.lease))
+            return task
+        try:
+            return template.from_spec(row.name, row.spec or "{}")
+        except Exception:
+            logger.exception(
+                "Cannot load instance %r of %s; it stays locked until its lease expires",
+                row.name,
+                template,
+            )
+            return None
+
+    def _background(self, operation: Awaitable[Any]) -> None:
+        async def run() -> None:
+            try:
+                await operation
+            except Exception:
+                logger.exception("Background repository operation failed")
+
+        task = asyncio.ensure_future(run())
+        self._background_tasks.add(task)
+        task.add_done_callback(self._background_tasks.discard)
+
+    # -- one execution ----------------------------------------------------------------
+
+    async def _execute(self, task: Task, row: Claimed, *, at_most_once: bool = False) -> None:
+        context = Context.for_execution(
+            app_context=self._app_context,
+            task=task,
+            scheduled_at=row.scheduled_at.astimezone(task.tzinfo),
+            lease=None if at_most_once else row.lease,
+            heartbeat=functools.partial(self._heartbeat, row=row),
+            items=self._items,
+        )
+        events = self._events
+        started_at = self._clock.now()
+        started = time.perf_counter()
+        if events.active:
+            events.emit(ExecutionStarted(task, row.scheduled_at, started_at))
+        if logger.isEnabledFor(logging.INFO):
+            logger.info(
+                "Executing %s (scheduled at %s)",
+                task,
+                row.scheduled_at.isoformat(),
+                extra={
+                    "task": task.template.name,
+                    "instance": task.name if task.is_instance else None,
+                    "scheduled_at": row.scheduled_at,
+                },
+            )
+        try:
+            await self._invoke(context)
+        except LeaseLostException:
+            logger.warning("Execution of %s stopped: lease lost", task)
+            if context.lease is not None:  # raised by the task itself, not a heartbeat
+                self._lease_lost(task, row)
+            return
+        except asyncio.CancelledError:
+            if not at_most_once and context.lease is not None:
+                await self._release(row, context.lease)
+            raise
+        except Exception as error:
+            logger.exception("Execution of %s failed", task)
+            if events.active:
+                duration = time.perf_counter() - started
+                events.emit(ExecutionFailed(task, row.scheduled_at, started_at, duration, error))
+            if at_most_once or task.failure_mode is FailureMode.NONE:
+                return
+            if context.lease is None:
+                logger.warning("Lease on %s was lost; not unlocking or committing", task)
+                return
+            if task.failure_mode is FailureMode.UNLOCK:
+                await self._release(row, context.lease)
+                return
+        else:
+            if events.active:
+                duration = time.perf_counter() - started
+                events.emit(ExecutionFinished(task, row.scheduled_at, started_at, duration))
+        if at_most_once:
+            return
+        if context.lease is None:
+            logger.warning("Lease on %s was lost; not committing", task)
+            return
+        next_at = task.next_run(row.scheduled_at, self._clock.now())
+        self._commits.submit(row.group, Commit(row.name, context.lease, next_at))
+
+    def _invoke(self, context: Context) -> Awaitable[None]:
+        middlewares = self._middlewares
+        if not middlewares:
+            return call_function(context.task.func, context)
+
+        def call(index: int) -> Awaitable[None]:
+            if index == len(middlewares):
+                return call_function(context.task.func, context)
+            return middlewares[index](context, functools.partial(call, index + 1))
+
+        return call(0)
+
+    def _lease_lost(self, task: Task, row: Claimed) -> None:
+        if self._events.active:
+            self._events.emit(LeaseLost(task, row.scheduled_at))
+
+    async def _release(self, row: Claimed, lease: Lease) -> None:
+        try:
+            await self._repository.unlock(row.group, row.name, lease)
+        except Exception:
+            logger.exception("Could not unlock %r; it retries when its lease expires", row.name)
+
+    async def _commit(self, group: str, commits: list[Commit]) -> None:
+        def warn(attempt: int, error: BaseException, delay: float) -> None:
+            logger.warning("Commit failed (attempt %d); retrying in %.1f s", attempt, delay)
+
+        try:
+            lost = await retry.retry(
+                lambda: self._repository.commit(group, commits, now=self._clock.now()),
+                policy=retry.COMMIT,
+                attempts=retry.COMMIT_ATTEMPTS,
+                sleep=self._clock.sleep,
+                on_retry=warn,
+            )
+        except Exception:
+            logger.exception(
+                "Could not commit %d executions; they run again after their leases expire",
+                len(commits),
+            )
+            return
+        for name in lost:
+            logger.warning("Lease lost on %r before its commit; not committed", name)
+        self.note_due(group, min((c.next_at for c in commits if c.next_at), default=None))
+
+    async def _extend(self, row: Claimed, lease: Lease, locked_until: datetime.datetime) -> bool:
+        return await self._repository.extend(row.group, row.name, lease, locked_until=locked_until)
+
+    async def _heartbeat(self, context: Context, *, row: Claimed) -> None:
+        """Extend the lease the context holds; on refusal the context stops holding it."""
+        task = context.task
+        if task.execution_mode is ExecutionMode.AT_MOST_ONCE:
+            return
+        lease = context.lease
+        if lease is None or not await self._extend(
+            row, lease, self._clock.now() + task.lease_duration
+        ):
+            context.lease = None
+            self._lease_lost(task, row)
+            raise LeaseLostException(task)
+
+
+def call_function(func: Callable[[Context], Any], context: Context) -> Awaitable[None]:
+    """Call a task function: a coroutine function directly, a plain function in a
+    worker thread (``anyio.to_thread``) so that it cannot block the loop."""
+    if is_async_callable(func):
+        result: Awaitable[None] = func(context)
+        return result
+    return _in_thread(func, context)
+
+
+async def _in_thread(func: Callable[[Context], object], context: Context) -> None:
+    result = await anyio.to_thread.run_sync(func, context, abandon_on_cancel=True)
+    if inspect.isawaitable(result):
+        await result
