@@ -85,6 +85,16 @@ class Pyncette:
             raise ValueError(
                 f"Duplicate task name {task.name!r}: give each decorator a unique name="
             )
+        if task.dynamic:
+            # each dynamic task (or partition) is stored as a group named after it; a
+            # dynamic task called "report:1" would share partition 1 of "report"
+            taken = {g: t for t in self._tasks.values() if t.dynamic for g in t.all_groups()}
+            clash = next((g for g in task.all_groups() if g in taken), None)
+            if clash is not None:
+                raise ValueError(
+                    f"Task name {task.name!r} clashes with {taken[clash].name!r}: both would "
+                    f"store instances as {clash!r}; rename one of them"
+                )
         self._tasks[task.name] = task
         return task
 

@@ -11,8 +11,12 @@ timeouts are real time, not the scheduler's clock.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+
+if importlib.util.find_spec("aiohttp") is None:  # pragma: no cover - depends on the install
+    raise ImportError("The health check server needs aiohttp: pip install 'pyncette[healthcheck]'")
 
 from aiohttp import web
 

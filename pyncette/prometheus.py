@@ -26,24 +26,25 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import importlib.util
 import math
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
+if importlib.util.find_spec("prometheus_client") is None:  # pragma: no cover - install
+    raise ImportError(
+        "Pyncette's metrics need prometheus-client: pip install 'pyncette[prometheus]'"
+    )
+
 from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.metrics import MetricWrapperBase
 
 from pyncette.events import TickFinished, TickStarted
-from pyncette.model import Context, ContinuationToken, Lease
+from pyncette.model import Context
 from pyncette.pyncette import Pyncette, PyncetteContext
 from pyncette.repository import (
-    ClaimResult,
-    Commit,
-    Page,
-    Record,
-    Registration,
     Repository,
     RepositoryFactory,
     RepositoryProxy,
@@ -89,8 +90,7 @@ class OperationMetricSet:
         _child(self.requests_in_progress, labels).inc()
 
     def finished(self, duration: float, error: BaseException | None = None, **labels: str) -> None:
-        """An operation :meth:`started` ended after ``duration`` seconds, raising ``error``
-        if that is not ``None``."""
+        """One operation begun with :meth:`started` ended, raising ``error`` unless ``None``."""
         _child(self.requests_in_progress, labels).dec()
         _child(self.requests_duration, labels).observe(duration)
         if error is not None:
@@ -98,8 +98,7 @@ class OperationMetricSet:
 
     @contextlib.asynccontextmanager
     async def measure(self, **labels: str) -> AsyncIterator[None]:
-        """Measure the block as one operation. Cancellation is not a failure, but the
-        duration is recorded either way."""
+        """Measure the block as one operation (being cancelled is not a failure)."""
         self.started(**labels)
         began = time.perf_counter()
         error: Exception | None = None
@@ -200,78 +199,32 @@ def _app_template_names(app: Pyncette) -> Callable[[str], str]:
     return task_name
 
 
-class _MeteredRepository(RepositoryProxy):
-    """Measures every call of the repository it wraps as ``pyncette_repository_ops_*``.
+_OPERATION_LABELS = {
+    "commit": "commit_task",
+    "extend": "extend_lease",
+    "unlock": "unlock_task",
+    "register": "register_task",
+    "unregister": "unregister_task",
+    "get": "get_task_state",
+    "list": "list_task_states",
+}
+"""This project's repository methods under the names of the 1.x calls they replace."""
 
-    :meth:`RepositoryProxy.around` is not told the group, which the ``task_name`` label
-    comes from, so each method is restated here.
-    """
+
+class _MeteredRepository(RepositoryProxy):
+    """Measures every call of the repository it wraps as ``pyncette_repository_ops_*``."""
 
     def __init__(self, inner: Repository, task_name_of: Callable[[str], str]) -> None:
         super().__init__(inner)
         self.task_name_of = task_name_of
 
-    async def _measured(self, operation: str, group: str, call: Awaitable[T]) -> T:
-        async with REPOSITORY_OPS.measure(operation=operation, task_name=self.task_name_of(group)):
+    async def around_group(self, operation: str, group: str, call: Awaitable[T]) -> T:
+        if operation == "claim":
+            label = "poll_task" if group == STATIC_GROUP else "poll_dynamic_task"
+        else:
+            label = _OPERATION_LABELS.get(operation, operation)
+        async with REPOSITORY_OPS.measure(operation=label, task_name=self.task_name_of(group)):
             return await call
-
-    async def claim(
-        self, group: str, *, now: datetime.datetime, limit: int, lease: Lease
-    ) -> ClaimResult:
-        operation = "poll_task" if group == STATIC_GROUP else "poll_dynamic_task"
-        return await self._measured(
-            operation, group, self.inner.claim(group, now=now, limit=limit, lease=lease)
-        )
-
-    async def commit(
-        self, group: str, commits: Sequence[Commit], *, now: datetime.datetime
-    ) -> list[str]:
-        return await self._measured(
-            "commit_task", group, self.inner.commit(group, commits, now=now)
-        )
-
-    async def extend(
-        self, group: str, name: str, lease: Lease, *, locked_until: datetime.datetime
-    ) -> bool:
-        return await self._measured(
-            "extend_lease", group, self.inner.extend(group, name, lease, locked_until=locked_until)
-        )
-
-    async def unlock(self, group: str, name: str, lease: Lease) -> bool:
-        return await self._measured("unlock_task", group, self.inner.unlock(group, name, lease))
-
-    async def register(
-        self,
-        group: str,
-        registrations: Sequence[Registration],
-        *,
-        now: datetime.datetime,
-        force: bool,
-    ) -> list[str]:
-        return await self._measured(
-            "register_task",
-            group,
-            self.inner.register(group, registrations, now=now, force=force),
-        )
-
-    async def unregister(self, group: str, name: str) -> bool:
-        return await self._measured("unregister_task", group, self.inner.unregister(group, name))
-
-    async def get(self, group: str, name: str) -> Record | None:
-        return await self._measured("get_task_state", group, self.inner.get(group, name))
-
-    async def list(
-        self,
-        group: str,
-        *,
-        limit: int,
-        continuation_token: ContinuationToken | None = None,
-    ) -> Page:
-        return await self._measured(
-            "list_task_states",
-            group,
-            self.inner.list(group, limit=limit, continuation_token=continuation_token),
-        )
 
 
 def _metered_factory(

@@ -22,6 +22,11 @@ locked with ``locked_until <= now`` (an expired lease). Backends keep an index o
 the time a row becomes claimable (``locked_until`` when locked, ``scheduled_at``
 otherwise) per group, so that claiming costs O(claimed), not O(stored).
 
+That time is called ``due_at`` in the code of every backend (and ``next_due_at`` in
+:class:`ClaimResult`). It is stored as the SQL column ``due_at``, as the score in the
+Redis sorted set ``...:due``, and in DynamoDB as the attribute and local secondary index
+``ready_at``, the name the user's table schema fixes (see ``pyncette.dynamodb.items``).
+
 The backend makes no decisions: what the next run is, what happens on failure and
 at-most-once versus at-least-once all live in the core. Every method is atomic with
 respect to concurrent callers in this and other processes. All datetimes passed in
@@ -38,7 +43,8 @@ from __future__ import annotations
 
 import abc
 import datetime
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -77,6 +83,27 @@ class Record:
     scheduled_at: datetime.datetime
     locked_until: datetime.datetime | None
     locked_by: Lease | None
+
+
+class StoredRow:
+    """A mixin for a backend's own row class (with these five attributes): what every
+    backend derives from a row alike."""
+
+    __slots__ = ()
+    name: str
+    spec: str | None
+    scheduled_at: datetime.datetime
+    locked_by: Lease | None
+    locked_until: datetime.datetime | None
+
+    @property
+    def due_at(self) -> datetime.datetime:
+        """When the row becomes claimable: the lease's expiry while it is locked, its
+        scheduled run otherwise (see the module docstring)."""
+        return self.locked_until if self.locked_until is not None else self.scheduled_at
+
+    def record(self) -> Record:
+        return Record(self.name, self.spec, self.scheduled_at, self.locked_until, self.locked_by)
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,11 +225,25 @@ class Repository(abc.ABC):
         may not appear, but no row present throughout is skipped or repeated."""
 
 
+def fold_registrations(registrations: Sequence[Registration], *, force: bool) -> list[Registration]:
+    """``registrations`` with each name once, as :meth:`Repository.register` would leave
+    the row after writing them in order: the last spec and lease duration, and (unless
+    ``force``) the soonest run. For backends that write a batch as one set of rows."""
+    folded: dict[str, Registration] = {}
+    for reg in registrations:
+        earlier = folded.get(reg.name)
+        if not force and earlier is not None and earlier.scheduled_at < reg.scheduled_at:
+            reg = Registration(reg.name, reg.spec, earlier.scheduled_at, reg.lease_duration)
+        folded[reg.name] = reg
+    return list(folded.values())
+
+
 class RepositoryProxy(Repository):
     """A repository that forwards every call to another through :meth:`around`.
 
-    Subclasses override :meth:`around` to observe or alter calls (metrics, test
-    instrumentation) without restating the whole interface.
+    Subclasses override :meth:`around` (or :meth:`around_group`, which is also told the
+    group) to observe or alter calls (metrics, test instrumentation) without restating
+    the whole interface.
     """
 
     def __init__(self, inner: Repository) -> None:
@@ -212,27 +253,29 @@ class RepositoryProxy(Repository):
         """Run one call of the wrapped repository; ``operation`` is the method name."""
         return await call
 
+    async def around_group(self, operation: str, group: str, call: Awaitable[T]) -> T:
+        """Run one call on ``group``; by default the same as :meth:`around`."""
+        return await self.around(operation, call)
+
     async def claim(
         self, group: str, *, now: datetime.datetime, limit: int, lease: Lease
     ) -> ClaimResult:
-        return await self.around(
-            "claim", self.inner.claim(group, now=now, limit=limit, lease=lease)
-        )
+        call = self.inner.claim(group, now=now, limit=limit, lease=lease)
+        return await self.around_group("claim", group, call)
 
     async def commit(
         self, group: str, commits: Sequence[Commit], *, now: datetime.datetime
     ) -> list[str]:
-        return await self.around("commit", self.inner.commit(group, commits, now=now))
+        return await self.around_group("commit", group, self.inner.commit(group, commits, now=now))
 
     async def extend(
         self, group: str, name: str, lease: Lease, *, locked_until: datetime.datetime
     ) -> bool:
-        return await self.around(
-            "extend", self.inner.extend(group, name, lease, locked_until=locked_until)
-        )
+        call = self.inner.extend(group, name, lease, locked_until=locked_until)
+        return await self.around_group("extend", group, call)
 
     async def unlock(self, group: str, name: str, lease: Lease) -> bool:
-        return await self.around("unlock", self.inner.unlock(group, name, lease))
+        return await self.around_group("unlock", group, self.inner.unlock(group, name, lease))
 
     async def register(
         self,
@@ -242,15 +285,14 @@ class RepositoryProxy(Repository):
         now: datetime.datetime,
         force: bool,
     ) -> list[str]:
-        return await self.around(
-            "register", self.inner.register(group, registrations, now=now, force=force)
-        )
+        call = self.inner.register(group, registrations, now=now, force=force)
+        return await self.around_group("register", group, call)
 
     async def unregister(self, group: str, name: str) -> bool:
-        return await self.around("unregister", self.inner.unregister(group, name))
+        return await self.around_group("unregister", group, self.inner.unregister(group, name))
 
     async def get(self, group: str, name: str) -> Record | None:
-        return await self.around("get", self.inner.get(group, name))
+        return await self.around_group("get", group, self.inner.get(group, name))
 
     async def list(
         self,
@@ -259,9 +301,8 @@ class RepositoryProxy(Repository):
         limit: int,
         continuation_token: ContinuationToken | None = None,
     ) -> Page:
-        return await self.around(
-            "list", self.inner.list(group, limit=limit, continuation_token=continuation_token)
-        )
+        call = self.inner.list(group, limit=limit, continuation_token=continuation_token)
+        return await self.around_group("list", group, call)
 
 
 RepositoryFactory = Callable[..., AbstractAsyncContextManager[Repository]]
@@ -272,7 +313,7 @@ Factories validate their options with :func:`check_options`."""
 BACKEND_PREFIXES = ("sqlite_", "postgres_", "mysql_", "redis_", "dynamodb_")
 
 
-def check_options(prefix: str, options: dict[str, Any], known: set[str]) -> None:
+def check_options(prefix: str, options: Mapping[str, Any], known: AbstractSet[str]) -> None:
     """Reject options a backend would silently drop.
 
     Options of *other* backends (``redis_url`` given to SQLite, say) are ignored, so a

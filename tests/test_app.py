@@ -87,14 +87,15 @@ async def test_default_clock_is_driven_by_patching_the_seams(
 
 
 SCRIPT = """
-import asyncio, datetime, sys
+import asyncio, datetime, logging, sys
 from pyncette import Pyncette, Context
 
 app = Pyncette()
 
 @app.task(interval=datetime.timedelta(seconds=0.05))
 async def work(context: Context) -> None:
-    print("executed", flush=True)
+    logging.getLogger("app").debug("a debug record")
+    print("executed", type(asyncio.get_running_loop()).__module__, flush=True)
     if {hang}:
         await asyncio.sleep(3600)
 
@@ -103,10 +104,14 @@ if __name__ == "__main__":
 """
 
 
-def _start(tmp_path: Path, hang: bool) -> subprocess.Popen[str]:
+def _start(
+    tmp_path: Path, hang: bool, head: list[str] | None = None, **env_vars: str
+) -> subprocess.Popen[str]:
+    """Start the app and wait for its first execution; the lines read until then are
+    appended to ``head``."""
     script = tmp_path / "app.py"
     script.write_text(textwrap.dedent(SCRIPT.format(hang=hang)))
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **env_vars}
     process = subprocess.Popen(
         [sys.executable, str(script)],
         stdout=subprocess.PIPE,
@@ -116,6 +121,8 @@ def _start(tmp_path: Path, hang: bool) -> subprocess.Popen[str]:
     )
     assert process.stdout is not None
     for line in process.stdout:  # wait for the first execution
+        if head is not None:
+            head.append(line)
         if line.startswith("executed"):
             return process
     raise AssertionError(f"app exited early with {process.wait()}")
@@ -139,3 +146,40 @@ def test_main_second_signal_exits_at_once_non_zero(tmp_path: Path) -> None:
     output, _ = process.communicate(timeout=20)
     assert process.returncode not in (0, None), output
     assert "exiting now" in output
+
+
+def test_main_honours_log_level_and_use_uvloop(tmp_path: Path) -> None:
+    head: list[str] = []
+    process = _start(tmp_path, hang=False, head=head, LOG_LEVEL="debug", USE_UVLOOP="1")
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=20)
+    output = "".join(head) + output
+    assert process.returncode == 0, output
+    assert "DEBUG app: a debug record" in output  # logged at LOG_LEVEL=debug
+    assert "executed uvloop" in output  # the loop is uvloop's
+
+
+def test_main_default_loop_and_level(tmp_path: Path) -> None:
+    head: list[str] = []
+    process = _start(tmp_path, hang=False, head=head, LOG_LEVEL="", USE_UVLOOP="0")
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=20)
+    output = "".join(head) + output
+    assert process.returncode == 0, output
+    assert "executed asyncio" in output
+    assert "a debug record" not in output and " INFO " in output
+
+
+def test_main_rejects_a_bad_log_level(tmp_path: Path) -> None:
+    script = tmp_path / "app.py"
+    script.write_text(textwrap.dedent(SCRIPT.format(hang=False)))
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "LOG_LEVEL": "chatty"},
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode != 0
+    assert "LOG_LEVEL='CHATTY' is not a logging level" in done.stderr

@@ -112,7 +112,7 @@ async def test_custom_handler_decides_and_its_failures_are_unhealthy(
 ) -> None:
     app = make_app(memory_backend, clock)
     port = free_port()
-    verdicts: list[bool | str] = [True, False, "raise", "hang", True]
+    verdicts: list[bool | str] = [True, False, "raise", "hang", "own timeout", True]
     seen: list[PyncetteContext] = []
     never = asyncio.Event()
 
@@ -123,18 +123,22 @@ async def test_custom_handler_decides_and_its_failures_are_unhealthy(
             raise RuntimeError("handler broke")
         if verdict == "hang":
             await never.wait()
+        if verdict == "own timeout":
+            raise TimeoutError("the handler's own query timed out")
         return bool(verdict)
 
     use_healthcheck_server(app, port, "127.0.0.1", healthcheck_handler=handler, request_timeout=0.3)
     async with app.create() as ctx:
         with caplog.at_level(logging.WARNING, logger="pyncette.healthcheck"):
-            statuses = [(await http(port, request("GET")))[0] for _ in range(5)]
-    assert statuses == [200, 500, 500, 500, 200]
-    assert seen == [ctx] * 5
+            statuses = [(await http(port, request("GET")))[0] for _ in range(6)]
+    assert statuses == [200, 500, 500, 500, 500, 200]
+    assert seen == [ctx] * 6
     failures = [record for record in caplog.records if record.name == "pyncette.healthcheck"]
-    assert [record.levelno for record in failures] == [logging.ERROR, logging.WARNING]
+    levels = [record.levelno for record in failures]
+    assert levels == [logging.ERROR, logging.WARNING, logging.ERROR]
     assert failures[0].exc_info is not None and "handler broke" in str(failures[0].exc_info[1])
     assert "longer than 0.3 s" in failures[1].getMessage()
+    assert failures[2].exc_info is not None and failures[2].exc_info[0] is TimeoutError
 
 
 async def test_stalled_clients_are_dropped(

@@ -140,3 +140,14 @@ def test_with_heartbeat_ratio_is_validated() -> None:
 
     with pytest.raises(ValueError, match="lease_remaining_ratio"):
         with_heartbeat(lease_remaining_ratio=1.5)
+
+
+def test_dynamic_task_names_must_not_share_a_partitions_storage() -> None:
+    app = Pyncette()
+    app.partitioned_task(partition_count=4, name="report")(noop)
+    with pytest.raises(ValueError, match="clashes with 'report'"):
+        app.dynamic_task(name="report:1")(noop)
+    app.dynamic_task(name="report:4")(noop)  # no partition 4: fine
+    app.dynamic_task(name="x:0")(noop)
+    with pytest.raises(ValueError, match="clashes with 'x:0'"):
+        app.partitioned_task(partition_count=2, name="x")(noop)
