@@ -179,6 +179,15 @@ class PyncetteContext:
         are locked. The low-level path of :meth:`schedule_tasks`, for importers."""
         return await self._manager.register_rows(rows_by_group, force=force)
 
+    async def trigger_task(self, task: Task, instance_name: str | None = None) -> None:
+        """Make a stored static task or dynamic instance due now: its next run moves to
+        now, and the runs after it follow from there as usual.
+
+        Raises :class:`~pyncette.errors.TaskLockedException` while it is executing, and
+        ``ValueError`` if nothing is stored for it.
+        """
+        await self._manager.trigger_task(task, instance_name)
+
     async def unschedule_task(self, task: Task, instance_name: str | None = None) -> None:
         """Remove a dynamic task instance (given as the instance, or template + name)."""
         await self._manager.unschedule_task(task, instance_name)

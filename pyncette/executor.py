@@ -60,7 +60,14 @@ class DefaultExecutor:
             self.cancel()
         if self._running:
             logger.info("Waiting for %d running executions to finish", len(self._running))
-        await self.join()
+        try:
+            await self.join()
+        except asyncio.CancelledError:
+            # cancelled while waiting (a second signal during a graceful exit): cancel
+            # them too, so none outlives the backend that is about to close
+            self.cancel()
+            await self.join()
+            raise
 
     @property
     def capacity(self) -> int:

@@ -122,6 +122,28 @@ class TaskManager:
                 self._on_due(group, min(r.scheduled_at for r in chunk))
         return locked
 
+    async def trigger_task(self, task: Task, instance_name: str | None) -> None:
+        if isinstance(task, Task) and not task.dynamic and not task.is_instance:
+            if instance_name is not None:
+                raise ValueError(
+                    f"instance_name provided but task is not dynamic: {task.name!r} is static"
+                )
+            group, name, template = STATIC_GROUP, task.name, task
+        else:
+            template, name = _instance_key(task, instance_name)
+            group = template.group_for(name)
+        record = await self._repository.get(group, name)
+        if record is None:
+            raise ValueError(f"{task} has no stored run to trigger (is it scheduled?)")
+        stored = (
+            template if group == STATIC_GROUP else template.from_spec(name, record.spec or "{}")
+        )
+        now = self._clock.now()
+        registration = Registration(name, record.spec, now, stored.lease_duration)
+        if await self._repository.register(group, [registration], now=now, force=False):
+            raise TaskLockedException(stored)
+        self._on_due(group, now)
+
     async def unschedule_task(self, task: Task, instance_name: str | None) -> None:
         template, name = _instance_key(task, instance_name)
         await self._repository.unregister(template.group_for(name), name)

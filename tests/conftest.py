@@ -75,28 +75,42 @@ def pytest_runtest_makereport(
 def _failing_when_hung(
     test: Callable[..., Coroutine[Any, Any, None]],
 ) -> Callable[..., Coroutine[Any, Any, None]]:
+    """Fail ``test`` with the stacks of every task if it runs for ``HANG_SECONDS``: cancel
+    it; if its clean-up is stuck too, cancel the tasks it started, a few times over."""
+
     @functools.wraps(test)
     async def guarded(*args: Any, **kwargs: Any) -> None:
         runner = asyncio.current_task()
         assert runner is not None
+        loop = asyncio.get_running_loop()
+        before = asyncio.all_tasks(loop)
         stacks: list[str] = []
+        alarm: asyncio.TimerHandle
 
         def expire() -> None:
+            nonlocal alarm
+            if stacks:  # still stuck, leaving the test this time
+                for task in asyncio.all_tasks(loop) - before:
+                    task.cancel()
             stacks.append(describe_tasks())
             runner.cancel()
+            if len(stacks) < 4:
+                alarm = loop.call_later(HANG_SECONDS / 10, expire)
 
-        alarm = asyncio.get_running_loop().call_later(HANG_SECONDS, expire)
+        alarm = loop.call_later(HANG_SECONDS, expire)
         try:
             await test(*args, **kwargs)
         except asyncio.CancelledError:
             if not stacks:
                 raise
-            runner.uncancel()
-            raise AssertionError(
-                f"Hung for {HANG_SECONDS:.0f} real seconds; tasks then:\n{stacks[0]}"
-            ) from None
         finally:
             alarm.cancel()
+        if stacks:
+            while runner.cancelling():
+                runner.uncancel()
+            raise AssertionError(
+                f"Hung for {HANG_SECONDS:.0f} real seconds; tasks then:\n{stacks[0]}"
+            )
 
     return guarded
 

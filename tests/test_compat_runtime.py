@@ -275,3 +275,37 @@ def test_subscribe_rejects_what_is_not_an_event_type() -> None:
     app = Pyncette()
     with pytest.raises(ValueError, match="Event subclasses"):
         app.subscribe(print, int)  # type: ignore[type-var]
+
+
+async def test_cancelled_while_leaving_create_cancels_the_executions(
+    backend: BackendConfig, clock: VirtualClock
+) -> None:
+    app = make_app(backend, clock)
+    cancelled: list[str] = []
+
+    @app.task(interval=10 * S)
+    async def job(context: Context) -> None:
+        try:
+            await clock.sleep(1000)
+        except asyncio.CancelledError:
+            cancelled.append("job")
+            raise
+
+    leaving = asyncio.Event()
+
+    async def lifetime() -> None:
+        async with app.create() as ctx:
+            loop = asyncio.ensure_future(ctx.run())
+            await clock.advance(10)
+            ctx.shutdown()
+            await loop
+            leaving.set()  # the block is left gracefully: the exit waits for the job
+
+    life = asyncio.ensure_future(lifetime())
+    await leaving.wait()
+    await clock.settle()
+    assert not life.done() and cancelled == []
+    life.cancel()  # e.g. a second signal while waiting
+    with pytest.raises(asyncio.CancelledError):
+        await life
+    assert cancelled == ["job"]

@@ -322,3 +322,31 @@ async def test_concurrent_schedule_task_calls_share_register_calls(
         state = await ctx.get_task(job, "n0")
         assert state is not None and state.task.args == {"i": "updated"}
         assert len(await ctx.list_tasks(job, limit=500)) == 120
+
+
+async def test_trigger_task_makes_a_task_or_instance_due_now(
+    backend: BackendConfig, clock: VirtualClock
+) -> None:
+    app = make_app(backend, clock, poll_interval=datetime.timedelta(minutes=10))
+    runs: list[tuple[str, datetime.datetime]] = []
+
+    @app.task(interval=100 * S)
+    async def static(context: Context) -> None:
+        runs.append(("static", clock.now()))
+
+    @app.dynamic_task()
+    async def dyn(context: Context) -> None:
+        runs.append((context.task.name, clock.now()))
+
+    async with running(app) as ctx:
+        await ctx.schedule_task(dyn, "a", interval=100 * S)
+        await clock.advance(5)
+        await ctx.trigger_task(static)
+        await ctx.trigger_task(dyn, "a")
+        await clock.advance(1)
+        with pytest.raises(ValueError, match="no stored run"):
+            await ctx.trigger_task(dyn, "missing")
+        state = await ctx.get_task(static)
+    assert sorted(runs) == [("a", T0 + 5 * S), ("static", T0 + 5 * S)]
+    # the runs after a triggered one follow from it
+    assert state is not None and state.scheduled_at == T0 + 105 * S
