@@ -298,17 +298,6 @@ class Worker:
         started = time.perf_counter()
         if events.active:
             events.emit(ExecutionStarted(task, row.scheduled_at, started_at))
-        if logger.isEnabledFor(logging.INFO):
-            logger.info(
-                "Executing %s (scheduled at %s)",
-                task,
-                row.scheduled_at.isoformat(),
-                extra={
-                    "task": task.template.name,
-                    "instance": task.name if task.is_instance else None,
-                    "scheduled_at": row.scheduled_at,
-                },
-            )
         try:
             await self._invoke(context)
         except LeaseLostException:
@@ -334,9 +323,22 @@ class Worker:
                 await self._release(row, context.lease)
                 return
         else:
+            duration = time.perf_counter() - started
             if events.active:
-                duration = time.perf_counter() - started
                 events.emit(ExecutionFinished(task, row.scheduled_at, started_at, duration))
+            if logger.isEnabledFor(logging.INFO):
+                logger.info(
+                    "Executed %s (scheduled at %s) in %.3f s",
+                    task,
+                    row.scheduled_at.isoformat(),
+                    duration,
+                    extra={
+                        "task": task.template.name,
+                        "instance": task.name if task.is_instance else None,
+                        "scheduled_at": row.scheduled_at,
+                        "duration": duration,
+                    },
+                )
         if at_most_once:
             return
         if context.lease is None:

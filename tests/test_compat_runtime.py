@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import logging
 import threading
 from collections.abc import Awaitable
 from types import TracebackType
@@ -309,3 +310,24 @@ async def test_cancelled_while_leaving_create_cancels_the_executions(
     with pytest.raises(asyncio.CancelledError):
         await life
     assert cancelled == ["job"]
+
+
+async def test_each_execution_logs_one_info_line_with_structured_fields(
+    clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    from pyncette.memory import memory_repository
+
+    app = make_app(BackendConfig("memory", memory_repository, shared=False), clock)
+
+    @app.dynamic_task()
+    async def job(context: Context) -> None: ...
+
+    caplog.set_level(logging.INFO, logger="pyncette")
+    async with running(app) as ctx:
+        await ctx.schedule_task(job, "one", execute_at=T0 + 5 * S)
+        await clock.advance(6)
+    (record,) = [r for r in caplog.records if r.getMessage().startswith("Executed")]
+    assert record.levelno == logging.INFO
+    assert (record.task, record.instance, record.scheduled_at) == ("job", "one", T0 + 5 * S)
+    assert isinstance(record.duration, float) and record.duration >= 0
+    assert "Executed job:one (scheduled at 2030-01-01T00:00:05+00:00) in" in record.getMessage()
