@@ -328,6 +328,11 @@ async def test_each_execution_logs_one_info_line_with_structured_fields(
         await clock.advance(6)
     (record,) = [r for r in caplog.records if r.getMessage().startswith("Executed")]
     assert record.levelno == logging.INFO
-    assert (record.task, record.instance, record.scheduled_at) == ("job", "one", T0 + 5 * S)
-    assert isinstance(record.duration, float) and record.duration >= 0
+    fields = vars(record)
+    assert (fields["task"], fields["instance"], fields["scheduled_at"]) == (
+        "job",
+        "one",
+        T0 + 5 * S,
+    )
+    assert isinstance(fields["duration"], float) and fields["duration"] >= 0
     assert "Executed job:one (scheduled at 2030-01-01T00:00:05+00:00) in" in record.getMessage()
