@@ -275,24 +275,6 @@ def check(entries: Iterable[Entry], now: datetime.datetime, source: str) -> int:
     return checker.done(source)
 
 
-async def pause(seconds: float) -> None:
-    """Wait ``seconds`` of real time while another instance converts 1.x data. Not
-    through ``asyncio.sleep``: harnesses written for Pyncette replace it with virtual
-    time, and waiting for another process is no part of the schedule."""
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[None] = loop.create_future()
-
-    def wake() -> None:
-        if not done.done():
-            done.set_result(None)
-
-    handle = loop.call_later(seconds, wake)
-    try:
-        await done
-    finally:
-        handle.cancel()
-
-
 # -- importers (data under another name) -----------------------------------------------
 
 
@@ -320,12 +302,13 @@ async def import_pyncette1_sql(
     from sqlalchemy import inspect
 
     from pyncette.sql.adopt import read_entries
-    from pyncette.sql.engine import create_engine, mask, normalize_url, translate_errors
+    from pyncette.sql.engine import create_engine, normalize_url, translate_errors
     from pyncette.sql.names import validate_table_name
+    from pyncette.urls import mask_url
 
     table = validate_table_name("table", table)
     database = normalize_url(url)
-    where = mask(database)
+    where = mask_url(database)
     if database.get_backend_name() == "sqlite":
         path = Path(database.database or "")
         if not await asyncio.to_thread(path.is_file):  # connecting would create it

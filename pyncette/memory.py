@@ -17,11 +17,12 @@ from pyncette.repository import (
     Record,
     Registration,
     Repository,
+    StoredRow,
     check_options,
 )
 
 
-class _Row:
+class _Row(StoredRow):
     __slots__ = ("lease_duration", "locked_by", "locked_until", "name", "scheduled_at", "spec")
 
     def __init__(self, reg: Registration) -> None:
@@ -29,15 +30,8 @@ class _Row:
         self.spec = reg.spec
         self.scheduled_at = reg.scheduled_at
         self.lease_duration = reg.lease_duration
-        self.locked_by: Lease | None = None
-        self.locked_until: datetime.datetime | None = None
-
-    @property
-    def due_at(self) -> datetime.datetime:
-        return self.locked_until if self.locked_until is not None else self.scheduled_at
-
-    def record(self) -> Record:
-        return Record(self.name, self.spec, self.scheduled_at, self.locked_until, self.locked_by)
+        self.locked_by = None
+        self.locked_until = None
 
 
 class _Group:

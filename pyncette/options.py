@@ -1,10 +1,22 @@
 """Validation of options given as keyword arguments: one set of rules for the app and
-every backend, each failure a ``ValueError`` that names the option and what it got."""
+every backend, each failure a ``ValueError`` that names the option and what it got.
+
+Every backend turns its options into a frozen settings dataclass with
+``XSettings.from_options(options)``: :func:`pyncette.repository.check_options` first
+(misspelt names), then these validators, one per option. Flags take the same spellings
+everywhere (:func:`boolean`), as do durations (:func:`positive_seconds`) and counts
+(:func:`integer`).
+"""
 
 from __future__ import annotations
 
 import datetime
+import re
+import urllib.parse
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+from pyncette.urls import mask_url
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
@@ -46,6 +58,65 @@ def boolean(option: str, value: object) -> bool:
         if word in _FALSE:
             return False
     raise ValueError(f"{option} must be a boolean, got {value!r}")
+
+
+def optional_boolean(option: str, value: object) -> bool | None:
+    """A flag that may be left unset (``None``: decide by looking), else :func:`boolean`."""
+    return None if value is None else boolean(option, value)
+
+
+def integer(option: str, value: object, *, minimum: int = 1, maximum: int | None = None) -> int:
+    """An integer within ``minimum``..``maximum``, or a string of digits (configuration
+    read from the environment arrives as text); ``bool`` is not an integer here."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{option} must be an integer, got {value!r}")
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
+        raise ValueError(f"{option} must be {bound}, got {value}")
+    return value
+
+
+def text(option: str, value: object) -> str:
+    """A non-empty string."""
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{option} must be a non-empty string, got {value!r}")
+    return value
+
+
+def optional_text(option: str, value: object) -> str | None:
+    """A string that may be ``None`` or empty (an empty password, say)."""
+    if value is None or isinstance(value, str):
+        return value
+    raise ValueError(f"{option} must be a string, got {type(value).__name__}")
+
+
+def matching(option: str, value: object, pattern: re.Pattern[str], rule: str) -> str:
+    """A string that ``pattern`` matches in full; ``rule`` says in words what that is."""
+    if not isinstance(value, str) or not pattern.fullmatch(value):
+        raise ValueError(f"{option} must be {rule}, got {value!r}")
+    return value
+
+
+def url(option: str, value: object, *, schemes: Sequence[str], host: bool) -> str:
+    """A URL with one of ``schemes`` (and a host name, if ``host``); a password in it is
+    masked in the error."""
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{option} must be a non-empty URL string, got {value!r}")
+    try:
+        parts = urllib.parse.urlsplit(value)
+        hostname = parts.hostname
+    except ValueError:
+        raise ValueError(f"{option} is not a URL: {mask_url(value)!r}") from None
+    if parts.scheme not in schemes or (host and not hostname):
+        kinds = ", ".join(f"{scheme}://" for scheme in schemes)
+        raise ValueError(
+            f"{option} must be a URL with scheme one of {kinds}"
+            f"{' and a host name' if host else ''}, got {mask_url(value)!r} "
+            f"(scheme {parts.scheme!r})"
+        )
+    return value
 
 
 @dataclass(frozen=True, slots=True)

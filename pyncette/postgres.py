@@ -2,26 +2,34 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from pyncette.repository import Repository, check_options
 from pyncette.sql.connect import SqlSettings
 from pyncette.sql.engine import normalize_url
 
-_KNOWN = {"postgres_url", "postgres_table_name", "postgres_skip_table_create", "postgres_pool_size"}
+DEFAULT_URL = "postgresql://localhost/pyncette"
+OPTIONS = frozenset(
+    {"postgres_url", "postgres_table_name", "postgres_skip_table_create", "postgres_pool_size"}
+)
 
 
-def parse_options(options: dict[str, Any]) -> SqlSettings:
-    """Validate the ``postgres_*`` options (``ValueError`` naming any bad one)."""
-    check_options("postgres_", options, _KNOWN)
-    url = normalize_url(
-        options.get("postgres_url", "postgresql://localhost/pyncette"), "postgres_url"
-    )
-    if url.get_backend_name() != "postgresql":
-        raise ValueError("postgres_url must be a postgres:// or postgresql:// URL")
-    return SqlSettings.parse(url, "postgres_", options)
+@dataclass(frozen=True, slots=True)
+class PostgresSettings(SqlSettings):
+    """The ``postgres_*`` options, validated (``ValueError`` naming any bad one)."""
+
+    prefix: ClassVar[str] = "postgres_"
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> PostgresSettings:
+        check_options(cls.prefix, options, OPTIONS)
+        url = normalize_url(options.get("postgres_url", DEFAULT_URL), "postgres_url")
+        if url.get_backend_name() != "postgresql":
+            raise ValueError("postgres_url must be a postgres:// or postgresql:// URL")
+        return cls.with_url(url, options)
 
 
 @asynccontextmanager
@@ -31,7 +39,7 @@ async def postgres_repository(**options: Any) -> AsyncIterator[Repository]:
     The table is created or upgraded (Alembic, under an advisory lock) on entry unless
     ``postgres_skip_table_create`` is true.
     """
-    async with parse_options(options).open() as repository:
+    async with PostgresSettings.from_options(options).open() as repository:
         yield repository
 
 

@@ -3,27 +3,35 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pyncette.memory import InMemoryRepository
 from pyncette.repository import Repository, check_options
-from pyncette.sql.names import validate_table_name
+from pyncette.sql.names import DEFAULT_TABLE, validate_table_name
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
 
 MEMORY = ":memory:"
+OPTIONS = frozenset({"sqlite_database", "sqlite_table_name"})
+POOL_SIZE = 5
+"""Connections to a database file; SQLite has one writer at a time anyway."""
 
 
 @dataclass(frozen=True, slots=True)
 class SqliteSettings:
-    database: str
+    """The ``sqlite_*`` options, validated (``ValueError`` naming any bad one)."""
+
+    database: str = MEMORY
     """A file path, or ``:memory:`` for the in-process repository."""
-    table_name: str
+    table_name: str = DEFAULT_TABLE
 
     @classmethod
-    def from_options(cls, options: dict[str, Any]) -> SqliteSettings:
-        check_options("sqlite_", options, {"sqlite_database", "sqlite_table_name"})
+    def from_options(cls, options: Mapping[str, Any]) -> SqliteSettings:
+        check_options("sqlite_", options, OPTIONS)
         database = options.get("sqlite_database", MEMORY)
         if database is None:
             database = MEMORY
@@ -32,9 +40,16 @@ class SqliteSettings:
         if not isinstance(database, str) or not database:
             raise ValueError(f"sqlite_database must be a file path or {MEMORY!r}, got {database!r}")
         table = validate_table_name(
-            "sqlite_table_name", options.get("sqlite_table_name", "pyncette")
+            "sqlite_table_name", options.get("sqlite_table_name", DEFAULT_TABLE)
         )
         return cls(database, table)
+
+    @property
+    def url(self) -> URL:
+        """The database file's SQLAlchemy URL (importing SQLAlchemy only now)."""
+        from sqlalchemy.engine import URL
+
+        return URL.create("sqlite+aiosqlite", database=self.database)
 
 
 @asynccontextmanager
@@ -53,16 +68,13 @@ async def sqlite_repository(**options: Any) -> AsyncIterator[Repository]:
         return
     # SQLAlchemy and Alembic are imported only when a file is used: the in-memory
     # default stays light, which also keeps the garbage collector's full passes short.
-    from sqlalchemy.engine import URL
-
     from pyncette.sql.connect import open_sql_repository
 
-    url = URL.create("sqlite+aiosqlite", database=settings.database)
     async with open_sql_repository(
-        url,
+        settings.url,
         table_name=settings.table_name,
         skip_table_create=False,
-        pool_size=5,
+        pool_size=POOL_SIZE,
         option_prefix="sqlite_",
     ) as repository:
         yield repository

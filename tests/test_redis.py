@@ -76,7 +76,7 @@ def test_good_namespaces_are_accepted(namespace: str) -> None:
         ({"redis_url": ""}, "redis_url"),
         ({"redis_timeout": 0}, "redis_timeout"),
         ({"redis_timeout": "10"}, "redis_timeout"),
-        ({"redis_cluster": "yes"}, "redis_cluster"),
+        ({"redis_cluster": "maybe"}, "redis_cluster"),
         ({"redis_namespace": 42}, "redis_namespace"),
         ({"bogus": 1}, "bogus"),
     ],

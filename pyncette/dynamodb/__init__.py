@@ -18,17 +18,17 @@ import anyio
 import anyio.to_thread
 
 from pyncette.dynamodb.adopt import adopt_pyncette1
-from pyncette.dynamodb.client import MAX_CONCURRENCY, Caller, RetryPolicy, open_client
+from pyncette.dynamodb.client import MAX_CONCURRENCY, Caller, open_client
 from pyncette.dynamodb.repository import DynamoDBRepository
 from pyncette.dynamodb.settings import DynamoDBSettings
 from pyncette.dynamodb.table import DynamoDBTableError, ensure_table, table_definition
 from pyncette.repository import Repository
+from pyncette.urls import mask_url
 
 __all__ = [
     "DynamoDBRepository",
     "DynamoDBSettings",
     "DynamoDBTableError",
-    "RetryPolicy",
     "dynamodb_repository",
     "table_definition",
 ]
@@ -45,7 +45,7 @@ async def dynamodb_repository(**options: Any) -> AsyncIterator[Repository]:
     limiter = anyio.CapacityLimiter(MAX_CONCURRENCY)
     client = await anyio.to_thread.run_sync(open_client, settings, limiter=limiter)
     try:
-        where = f"table {settings.table_name!r} at {client.meta.endpoint_url}"
+        where = f"table {settings.table_name!r} at {mask_url(client.meta.endpoint_url)}"
         caller = Caller(where, limiter)
         created = await ensure_table(
             client, caller, settings.table_name, create=not settings.skip_table_create

@@ -18,7 +18,7 @@ Items under other prefixes are another app's, and left alone; if any look like P
 1.x's, a warning names them and the importer that carries them over. A table the
 start-up has just created has nothing to convert and is not scanned. The lock and
 marker items live in the partition ``<prefix>:``, which no group uses, and have no
-``ready_at``, so no index query ever sees them.
+due time (:data:`~pyncette.dynamodb.items.DUE_AT`), so no index query ever sees them.
 """
 
 from __future__ import annotations
@@ -33,10 +33,11 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import botocore.exceptions as bex
 
+from pyncette.clock import real_sleep
 from pyncette.dynamodb.client import ConditionFailed
 from pyncette.dynamodb.items import PARTITION_ID, TASK_ID, Item, Row, key, partition
 from pyncette.errors import BackendUnavailableError
-from pyncette.legacy import Checker, Entry, convert, pause
+from pyncette.legacy import Checker, Entry, convert
 from pyncette.repository import Registration
 
 if TYPE_CHECKING:
@@ -107,7 +108,7 @@ class _Adoption:
         while not await self._lock(token):
             if await self._get(self.control, MARKER) is not None:
                 return None
-            await pause(LOCK_POLL)
+            await real_sleep(LOCK_POLL)  # another instance converts: no part of the schedule
         try:
             if await self._get(self.control, MARKER) is not None:
                 return None

@@ -2,15 +2,20 @@
 
 Every DynamoDB call goes through :class:`Caller`: it runs the blocking boto3 call in a
 worker thread (bounded by a capacity limiter), retries throttling and transient server
-errors with jittered exponential back-off, and translates what is left.
+errors (:data:`pyncette.retry.THROTTLED`) and unreachable endpoints
+(:data:`pyncette.retry.RECONNECT`), and translates what is left.
+
+botocore's own retry modes are switched off: their delays cannot be set (``standard``
+starts at up to a second, ``legacy`` reads DynamoDB's from botocore's data files), they
+keep a worker thread of the limiter asleep while they wait, and they retry below the
+events that pyncette's tests inject errors through. The loop here takes its numbers
+from :mod:`pyncette.retry` and waits with :func:`pyncette.clock.real_sleep`.
 """
 
 from __future__ import annotations
 
 import logging
-import random
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
@@ -19,6 +24,8 @@ import boto3
 import botocore.exceptions as bex
 from botocore.config import Config
 
+from pyncette import retry
+from pyncette.clock import real_sleep
 from pyncette.dynamodb.settings import DynamoDBSettings
 from pyncette.errors import BackendUnavailableError
 
@@ -81,20 +88,6 @@ class TableNotFound(BackendUnavailableError):
     """The table does not exist (or is not visible with these credentials)."""
 
 
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    attempts: int = 8
-    """Tries per call for throttling and server errors, the first included."""
-    connection_attempts: int = 3
-    """Tries per call when the endpoint cannot be reached."""
-    base: float = 0.025
-    cap: float = 2.0
-
-    def delay(self, attempt: int) -> float:
-        """Seconds to wait before try ``attempt + 1`` ("full jitter")."""
-        return random.uniform(0, min(self.cap, self.base * 2**attempt))
-
-
 def open_client(settings: DynamoDBSettings) -> DynamoDBClient:
     """Build the client (blocking: run it in a worker thread).
 
@@ -133,48 +126,89 @@ def open_client(settings: DynamoDBSettings) -> DynamoDBClient:
 
 
 class Caller:
-    """Runs boto3 calls off the event loop; see the module docstring."""
+    """Runs boto3 calls off the event loop; see the module docstring. ``backoff`` and
+    ``attempts`` (throttling and server errors) and ``connection_attempts`` (endpoint
+    unreachable) count tries per call, the first included, in one count."""
 
     def __init__(
-        self, where: str, limiter: anyio.CapacityLimiter, retry: RetryPolicy | None = None
+        self,
+        where: str,
+        limiter: anyio.CapacityLimiter,
+        *,
+        backoff: retry.Backoff = retry.THROTTLED,
+        attempts: int = retry.THROTTLED_ATTEMPTS,
+        connection_attempts: int = retry.DYNAMODB_RECONNECT_ATTEMPTS,
     ) -> None:
         self.where = where
         self.limiter = limiter
-        self.retry = retry or RetryPolicy()
+        self.backoff = backoff
+        self.attempts = attempts
+        self.connection_attempts = connection_attempts
 
     async def __call__(self, call: Callable[[], T]) -> T:
-        attempt = 0
-        while True:
+        tries = 0
+
+        async def once() -> T:
+            nonlocal tries
+            tries += 1
             try:
                 return await anyio.to_thread.run_sync(call, limiter=self.limiter)
             except bex.ClientError as exc:
-                error = exc.response.get("Error", {})
-                code = error.get("Code", "")
-                if code == "ConditionalCheckFailedException":
-                    item: dict[str, Any] | None = exc.response.get("Item")  # type: ignore[assignment]
-                    raise ConditionFailed(item) from None
-                if code == "ResourceNotFoundException":
-                    raise TableNotFound(f"DynamoDB {self.where}: {error.get('Message')}") from exc
-                status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-                if code in UNAUTHORIZED:
-                    raise BackendUnavailableError(
-                        f"DynamoDB {self.where} refused the credentials: {code}"
-                    ) from exc
-                if code not in THROTTLED and code not in TRANSIENT and status < 500:
-                    raise
-                attempt += 1
-                if attempt >= self.retry.attempts:
-                    raise BackendUnavailableError(
-                        f"DynamoDB {self.where}: {code} after {attempt} attempts"
-                    ) from exc
-                logger.debug("DynamoDB %s: %s; retry %d", self.where, code, attempt)
-            except CONNECTION_ERRORS as exc:
-                attempt += 1
-                if attempt >= self.retry.connection_attempts:
-                    raise BackendUnavailableError(
-                        f"Cannot reach DynamoDB {self.where}: {exc}"
-                    ) from exc
-                logger.debug("DynamoDB %s unreachable (%s); retry %d", self.where, exc, attempt)
+                self._translate(exc)
+                raise  # to be retried, or let through as it is
             except CREDENTIAL_ERRORS as exc:
                 raise BackendUnavailableError(f"DynamoDB {self.where}: {exc}") from exc
-            await anyio.sleep(self.retry.delay(attempt))
+
+        try:
+            return await retry.retry(
+                once,
+                policy=self.backoff,
+                attempts=max(self.attempts, self.connection_attempts),
+                sleep=real_sleep,
+                retry_on=(bex.ClientError, *CONNECTION_ERRORS),
+                retry_if=self._retry_if,
+                on_retry=self._log_retry,
+            )
+        except bex.ClientError as exc:
+            if not _is_throttled(exc):
+                raise
+            code = exc.response.get("Error", {}).get("Code", "")
+            raise BackendUnavailableError(
+                f"DynamoDB {self.where}: {code} after {tries} attempts"
+            ) from exc
+        except CONNECTION_ERRORS as exc:
+            raise BackendUnavailableError(f"Cannot reach DynamoDB {self.where}: {exc}") from exc
+
+    def _translate(self, exc: bex.ClientError) -> None:
+        """Raise what a refusal means to pyncette; return if it stays a ``ClientError``
+        (to be retried, or to reach the caller as it is)."""
+        error = exc.response.get("Error", {})
+        code = error.get("Code", "")
+        if code == "ConditionalCheckFailedException":
+            item: dict[str, Any] | None = exc.response.get("Item")  # type: ignore[assignment]
+            raise ConditionFailed(item) from None
+        if code == "ResourceNotFoundException":
+            raise TableNotFound(f"DynamoDB {self.where}: {error.get('Message')}") from exc
+        if code in UNAUTHORIZED:
+            raise BackendUnavailableError(
+                f"DynamoDB {self.where} refused the credentials: {code}"
+            ) from exc
+
+    def _retry_if(self, error: BaseException, failures: int) -> bool:
+        if isinstance(error, bex.ClientError):
+            return _is_throttled(error) and failures < self.attempts
+        return failures < self.connection_attempts
+
+    def _log_retry(self, attempt: int, error: BaseException, delay: float) -> None:
+        if isinstance(error, bex.ClientError):
+            what = error.response.get("Error", {}).get("Code", "")
+        else:
+            what = f"unreachable ({error})"
+        logger.debug("DynamoDB %s: %s; retry %d in %.3f s", self.where, what, attempt, delay)
+
+
+def _is_throttled(exc: bex.ClientError) -> bool:
+    """Whether DynamoDB refused the request without applying it, so it may be resent."""
+    code = exc.response.get("Error", {}).get("Code", "")
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+    return code in THROTTLED or code in TRANSIENT or status >= 500

@@ -2,10 +2,12 @@
 
 * ``partition_id`` (hash key): ``<prefix>:<group>``;
 * ``task_id`` (range key): the row name;
-* ``ready_at`` (range key of the ``ready_at`` local secondary index): the time the row
-  becomes claimable (``locked_until`` when locked, else ``scheduled_at``) as a
-  fixed-width UTC timestamp, then ``#`` and the row name, so the index is ordered by time
-  and ties are broken by name;
+* ``ready_at`` (range key of the ``ready_at`` local secondary index; the names the
+  user's table schema fixes): the row's ``due_at``, the time it becomes claimable
+  (``locked_until`` when locked, else ``scheduled_at``), as a fixed-width UTC timestamp,
+  then ``#`` and the row name, so the index is ordered by time and ties are broken by
+  name. In code this is ``due_at`` as in every backend (:data:`DUE_AT` is the attribute's
+  name, :func:`due_key` its value);
 * ``spec`` (absent for ``None``), ``scheduled_at``, ``locked_until`` (timestamps like
   the above), ``lease_duration`` (a number of seconds), ``locked_by`` and ``version``,
   a number every write increments, which claims are conditioned on.
@@ -13,21 +15,21 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime
-import json
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from pyncette import codec
 from pyncette.model import ContinuationToken, Lease
-from pyncette.repository import Record, Registration
+from pyncette.repository import Registration, StoredRow
+from pyncette.timeutil import MICROSECOND, duration_us
 
 PARTITION_ID = "partition_id"
 TASK_ID = "task_id"
-READY_AT = "ready_at"
-INDEX_NAME = "ready_at"
+DUE_AT = "ready_at"
+"""The attribute holding :func:`due_key`, and the name of the index on it."""
+INDEX_NAME = DUE_AT
 SPEC = "spec"
 SCHEDULED_AT = "scheduled_at"
 LEASE_DURATION = "lease_duration"
@@ -39,10 +41,9 @@ Item = dict[str, Any]
 """An item in the low-level client's shape: ``{"name": {"S": "value"}, ...}``."""
 
 UTC = datetime.UTC
-ONE_MICROSECOND = datetime.timedelta(microseconds=1)
 _MAX_SORT_KEY_BYTES = 1024
 _TIMESTAMP_WIDTH = len("2030-01-01T00:00:00.000000Z")
-_READY_NAME_BYTES = _MAX_SORT_KEY_BYTES - _TIMESTAMP_WIDTH - 1
+_DUE_KEY_NAME_BYTES = _MAX_SORT_KEY_BYTES - _TIMESTAMP_WIDTH - 1
 
 
 def partition(prefix: str, group: str) -> str:
@@ -60,23 +61,24 @@ def parse_timestamp(text: str) -> datetime.datetime:
     return datetime.datetime.fromisoformat(text)  # "Z" parses as UTC
 
 
-def ready_at(at: datetime.datetime, name: str) -> str:
-    """The index key; long names are cut to keep it within DynamoDB's 1024-byte limit
-    (the index does not need unique keys, the name only orders equal times)."""
+def due_key(due_at: datetime.datetime, name: str) -> str:
+    """The index key of a row due at ``due_at``; long names are cut to keep it within
+    DynamoDB's 1024-byte limit (the index does not need unique keys, the name only orders
+    equal times)."""
     encoded = name.encode()
-    if len(encoded) > _READY_NAME_BYTES:
-        name = encoded[:_READY_NAME_BYTES].decode(errors="ignore")
-    return f"{timestamp(at)}#{name}"
+    if len(encoded) > _DUE_KEY_NAME_BYTES:
+        name = encoded[:_DUE_KEY_NAME_BYTES].decode(errors="ignore")
+    return f"{timestamp(due_at)}#{name}"
 
 
-def ready_bound(now: datetime.datetime) -> str:
+def due_bound(now: datetime.datetime) -> str:
     """Index keys below this belong to rows claimable at ``now``."""
-    return timestamp(now + ONE_MICROSECOND)
+    return timestamp(now + MICROSECOND)
 
 
 def seconds(duration: datetime.timedelta) -> str:
     """Exact decimal seconds: ``"60"``, ``"1.5"``, ``"0.000001"``."""
-    micros = duration // ONE_MICROSECOND
+    micros = duration_us(duration)
     sign = "-" if micros < 0 else ""
     whole, fraction = divmod(abs(micros), 10**6)
     return f"{sign}{whole}" if not fraction else f"{sign}{whole}.{fraction:06d}".rstrip("0")
@@ -87,7 +89,7 @@ def parse_seconds(text: str) -> datetime.timedelta:
 
 
 @dataclass(slots=True)
-class Row:
+class Row(StoredRow):
     """A decoded item."""
 
     name: str
@@ -129,19 +131,11 @@ class Row:
             version=int(version["N"]) if version is not None else 0,
         )
 
-    @property
-    def due_at(self) -> datetime.datetime:
-        """When the row is (or was) claimable."""
-        return self.locked_until if self.locked_until is not None else self.scheduled_at
-
-    def record(self) -> Record:
-        return Record(self.name, self.spec, self.scheduled_at, self.locked_until, self.locked_by)
-
     def to_item(self, partition_id: str) -> Item:
         item: Item = {
             PARTITION_ID: {"S": partition_id},
             TASK_ID: {"S": self.name},
-            READY_AT: {"S": ready_at(self.due_at, self.name)},
+            DUE_AT: {"S": due_key(self.due_at, self.name)},
             SCHEDULED_AT: {"S": timestamp(self.scheduled_at)},
             LEASE_DURATION: {"N": seconds(self.lease_duration)},
             VERSION: {"N": str(self.version)},
@@ -160,23 +154,21 @@ def key(partition_id: str, name: str) -> Item:
 
 
 def index_key(partition_id: str, item: Item) -> Item:
-    """The position of ``item`` in the ``ready_at`` index, for ``ExclusiveStartKey``."""
-    return {**key(partition_id, item[TASK_ID]["S"]), READY_AT: item[READY_AT]}
+    """The position of ``item`` in the due-time index, for ``ExclusiveStartKey``."""
+    return {**key(partition_id, item[TASK_ID]["S"]), DUE_AT: item[DUE_AT]}
 
 
-def encode_token(name: str) -> ContinuationToken:
+def encode_list_token(name: str) -> ContinuationToken:
     """The ``LastEvaluatedKey`` of a listing (its range key; the group supplies the
-    rest) as URL-safe base64 JSON."""
-    payload = json.dumps({TASK_ID: name}, ensure_ascii=False).encode()
-    return ContinuationToken(base64.urlsafe_b64encode(payload).decode("ascii"))
+    rest) as a :mod:`pyncette.codec` token."""
+    return codec.encode_token({TASK_ID: name})
 
 
-def decode_token(token: ContinuationToken) -> str:
-    try:
-        payload = json.loads(base64.urlsafe_b64decode(token.encode("ascii")))
-        name = payload[TASK_ID]
-    except (ValueError, TypeError, KeyError, binascii.Error, UnicodeError):
-        name = None
+def decode_list_token(token: ContinuationToken) -> str:
+    """The row name in a token from :func:`encode_list_token`; ``ValueError`` for
+    anything else, including a well-formed token that does not hold a row name."""
+    value = codec.decode_token(token)
+    name = value.get(TASK_ID) if isinstance(value, dict) else None
     if not isinstance(name, str) or not name:
         raise ValueError(f"Invalid continuation token {token!r}")
     return name

@@ -5,35 +5,44 @@ from __future__ import annotations
 import datetime
 import functools
 import logging
-from collections.abc import Awaitable, Sequence
+import re
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 
 from pyncette.dynamodb.client import Caller, ConditionFailed
 from pyncette.dynamodb.items import (
+    DUE_AT,
     INDEX_NAME,
     LOCKED_BY,
     LOCKED_UNTIL,
     PARTITION_ID,
-    READY_AT,
     SCHEDULED_AT,
     TASK_ID,
     VERSION,
     Item,
     Row,
-    decode_token,
-    encode_token,
+    decode_list_token,
+    due_bound,
+    due_key,
+    encode_list_token,
     index_key,
     key,
     partition,
-    ready_at,
-    ready_bound,
     timestamp,
 )
 from pyncette.errors import BackendUnavailableError
 from pyncette.model import ContinuationToken, Lease
-from pyncette.repository import ClaimResult, Commit, Page, Record, Registration, Repository
+from pyncette.repository import (
+    ClaimResult,
+    Commit,
+    Page,
+    Record,
+    Registration,
+    Repository,
+    fold_registrations,
+)
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -48,12 +57,13 @@ _ONE = {"N": "1"}
 
 
 class DynamoDBRepository(Repository):
-    """Each group is one partition of the table; claims read the ``ready_at`` local
-    secondary index in order and lock each candidate with a PutItem conditioned on the
-    version it read, so of two racing claims exactly one wins each row. Commits,
-    heartbeats and unlocks are conditioned on ``locked_by`` holding the caller's lease.
-    Writes of one call are sent concurrently, in worker threads. Items in the
-    partitions that pyncette did not write are ignored, never changed."""
+    """Each group is one partition of the table; claims read the local secondary index
+    on the rows' due time (:data:`~pyncette.dynamodb.items.DUE_AT`) in order and lock
+    each candidate with a PutItem conditioned on the version it read, so of two racing
+    claims exactly one wins each row. Commits, heartbeats and unlocks are conditioned on
+    ``locked_by`` holding the caller's lease. Writes of one call are sent concurrently,
+    in worker threads. Items in the partitions that pyncette did not write are ignored,
+    never changed."""
 
     def __init__(self, client: DynamoDBClient, caller: Caller, table: str, prefix: str) -> None:
         self.client = client
@@ -113,7 +123,7 @@ class DynamoDBRepository(Repository):
         self, group: str, *, now: datetime.datetime, limit: int, lease: Lease
     ) -> ClaimResult:
         partition_id = self._partition(group)
-        bound = ready_bound(now)
+        bound = due_bound(now)
         claimed: list[Record] = []
         start: Item | None = None
         while True:
@@ -121,7 +131,7 @@ class DynamoDBRepository(Repository):
             items, more = await self._index_page(partition_id, want + 1, start)
             candidates: list[Item] = []
             for item in items[:want]:
-                if item[READY_AT]["S"] >= bound:
+                if item[DUE_AT]["S"] >= bound:
                     break
                 candidates.append(item)
             beyond = items[len(candidates) :]
@@ -133,7 +143,7 @@ class DynamoDBRepository(Repository):
             if len(claimed) < limit and candidates:
                 # Some candidates went to other instances: look further down the index
                 # unless it is known to hold nothing more that is due.
-                due_beyond = beyond[0][READY_AT]["S"] < bound if beyond else more
+                due_beyond = beyond[0][DUE_AT]["S"] < bound if beyond else more
                 if due_beyond:
                     start = index_key(partition_id, candidates[-1])
                     continue
@@ -175,7 +185,7 @@ class DynamoDBRepository(Repository):
             **item,
             LOCKED_BY: {"S": lease},
             LOCKED_UNTIL: {"S": timestamp(locked_until)},
-            READY_AT: {"S": ready_at(locked_until, row.name)},
+            DUE_AT: {"S": due_key(locked_until, row.name)},
             VERSION: {"N": str(row.version + 1)},
         }
         try:
@@ -204,58 +214,56 @@ class DynamoDBRepository(Repository):
         return [c.name for c, ok in zip(commits, applied, strict=True) if not ok]
 
     async def _commit(self, partition_id: str, commit: Commit) -> bool:
-        guard = {":lb": {"S": commit.lease}}
-        try:
-            if commit.next_at is None:
-                await self.caller(
-                    lambda: self.client.delete_item(
-                        TableName=self.table,
-                        Key=key(partition_id, commit.name),
-                        ConditionExpression="#lb = :lb",
-                        ExpressionAttributeNames={"#lb": LOCKED_BY},
-                        ExpressionAttributeValues=guard,
-                    )
-                )
-            else:
-                next_at = commit.next_at
-                await self.caller(
-                    lambda: self.client.update_item(
-                        TableName=self.table,
-                        Key=key(partition_id, commit.name),
-                        UpdateExpression="SET #sa = :sa, #ra = :ra REMOVE #lb, #lu ADD #v :one",
-                        ConditionExpression="#lb = :lb",
-                        ExpressionAttributeNames=_names("#sa", "#ra", "#lb", "#lu", "#v"),
-                        ExpressionAttributeValues={
-                            **guard,
-                            ":sa": {"S": timestamp(next_at)},
-                            ":ra": {"S": ready_at(next_at, commit.name)},
-                            ":one": _ONE,
-                        },
-                    )
-                )
-        except ConditionFailed:
-            return False
-        return True
+        if commit.next_at is None:
+            return await self._write_held(partition_id, commit.name, commit.lease, None)
+        return await self._write_held(
+            partition_id,
+            commit.name,
+            commit.lease,
+            "SET #sa = :sa, #da = :da REMOVE #lb, #lu ADD #v :one",
+            {
+                ":sa": {"S": timestamp(commit.next_at)},
+                ":da": {"S": due_key(commit.next_at, commit.name)},
+            },
+        )
 
     async def extend(
         self, group: str, name: str, lease: Lease, *, locked_until: datetime.datetime
     ) -> bool:
+        return await self._write_held(
+            self._partition(group),
+            name,
+            lease,
+            "SET #lu = :lu, #da = :da ADD #v :one",
+            {":lu": {"S": timestamp(locked_until)}, ":da": {"S": due_key(locked_until, name)}},
+        )
+
+    async def _write_held(
+        self,
+        partition_id: str,
+        name: str,
+        lease: Lease,
+        update: str | None,
+        values: Item | None = None,
+    ) -> bool:
+        """Apply ``update`` (with ``values``, and ``:one`` for counting the write in
+        ``version``), or delete the row when ``update`` is ``None``, if ``lease`` holds
+        the row; ``False``, changing nothing, if it does not."""
+        guard = "#lb = :lb"
+        request: dict[str, Any] = {
+            "TableName": self.table,
+            "Key": key(partition_id, name),
+            "ConditionExpression": guard,
+            "ExpressionAttributeNames": _names(*_ALIAS.findall(f"{guard} {update or ''}")),
+            "ExpressionAttributeValues": {":lb": {"S": lease}, **(values or {})},
+        }
+        write: Callable[..., object] = self.client.delete_item
+        if update is not None:
+            write = self.client.update_item
+            request["UpdateExpression"] = update
+            request["ExpressionAttributeValues"][":one"] = _ONE
         try:
-            await self.caller(
-                lambda: self.client.update_item(
-                    TableName=self.table,
-                    Key=key(self._partition(group), name),
-                    UpdateExpression="SET #lu = :lu, #ra = :ra ADD #v :one",
-                    ConditionExpression="#lb = :lb",
-                    ExpressionAttributeNames=_names("#lu", "#ra", "#lb", "#v"),
-                    ExpressionAttributeValues={
-                        ":lb": {"S": lease},
-                        ":lu": {"S": timestamp(locked_until)},
-                        ":ra": {"S": ready_at(locked_until, name)},
-                        ":one": _ONE,
-                    },
-                )
-            )
+            await self.caller(functools.partial(write, **request))
         except ConditionFailed:
             return False
         return True
@@ -275,13 +283,13 @@ class DynamoDBRepository(Repository):
                         self.client.update_item,
                         TableName=self.table,
                         Key=key(partition_id, name),
-                        UpdateExpression="SET #ra = :ra REMOVE #lb, #lu ADD #v :one",
+                        UpdateExpression="SET #da = :da REMOVE #lb, #lu ADD #v :one",
                         ConditionExpression="#lb = :lb AND #sa = :sa",
-                        ExpressionAttributeNames=_names("#ra", "#lb", "#lu", "#v", "#sa"),
+                        ExpressionAttributeNames=_names("#da", "#lb", "#lu", "#v", "#sa"),
                         ExpressionAttributeValues={
                             ":lb": {"S": lease},
                             ":sa": {"S": timestamp(scheduled_at)},
-                            ":ra": {"S": ready_at(scheduled_at, name)},
+                            ":da": {"S": due_key(scheduled_at, name)},
                             ":one": _ONE,
                         },
                         ReturnValuesOnConditionCheckFailure="ALL_OLD",
@@ -310,13 +318,7 @@ class DynamoDBRepository(Repository):
         partition_id = self._partition(group)
         # Rows are written concurrently, so a name given twice is folded into one write
         # first: the later registration, keeping the sooner run unless forced.
-        merged: dict[str, Registration] = {}
-        for reg in registrations:
-            earlier = merged.get(reg.name)
-            if not force and earlier is not None and earlier.scheduled_at < reg.scheduled_at:
-                reg = Registration(reg.name, reg.spec, earlier.scheduled_at, reg.lease_duration)
-            merged[reg.name] = reg
-        batch = list(merged.values())
+        batch = fold_registrations(registrations, force=force)
         untouched = await self._gather([self._register(partition_id, r, now, force) for r in batch])
         skipped = {r.name for r, left in zip(batch, untouched, strict=True) if left}
         return [r.name for r in registrations if r.name in skipped]
@@ -404,24 +406,27 @@ class DynamoDBRepository(Repository):
             "ConsistentRead": True,
         }
         if continuation_token is not None:
-            request["ExclusiveStartKey"] = key(partition_id, decode_token(continuation_token))
+            request["ExclusiveStartKey"] = key(partition_id, decode_list_token(continuation_token))
         response = await self.caller(lambda: self.client.query(**request))
         items: list[Item] = response.get("Items", [])
         page = items[:limit]
         token = None
         if page and (len(items) > limit or "LastEvaluatedKey" in response):
-            token = encode_token(page[-1][TASK_ID]["S"])
+            token = encode_list_token(page[-1][TASK_ID]["S"])
         rows = [self._row(item) for item in page]
         return Page([row.record() for row in rows if row is not None], token)
 
 
 _NAMES = {
     "#sa": SCHEDULED_AT,
-    "#ra": READY_AT,
+    "#da": DUE_AT,
     "#lb": LOCKED_BY,
     "#lu": LOCKED_UNTIL,
     "#v": VERSION,
 }
+
+
+_ALIAS = re.compile(r"#\w+")
 
 
 def _names(*aliases: str) -> dict[str, str]:

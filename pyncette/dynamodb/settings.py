@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import re
-import urllib.parse
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from pyncette.options import boolean, matching, url
 from pyncette.repository import check_options
 
 DEFAULT_TABLE_NAME = "pyncette"
@@ -31,6 +32,8 @@ _REGION = re.compile(r"[a-z0-9-]{1,64}")
 
 @dataclass(frozen=True, slots=True)
 class DynamoDBSettings:
+    """The ``dynamodb_*`` options, validated (``ValueError`` naming any bad one)."""
+
     table_name: str = DEFAULT_TABLE_NAME
     partition_prefix: str = DEFAULT_PARTITION_PREFIX
     region_name: str | None = None
@@ -40,61 +43,32 @@ class DynamoDBSettings:
     skip_table_create: bool = False
 
     @classmethod
-    def from_options(cls, options: dict[str, Any]) -> DynamoDBSettings:
-        check_options("dynamodb_", options, set(OPTIONS))
+    def from_options(cls, options: Mapping[str, Any]) -> DynamoDBSettings:
+        check_options("dynamodb_", options, OPTIONS)
+        region = options.get("dynamodb_region_name")
+        endpoint = options.get("dynamodb_endpoint")
         return cls(
-            table_name=_table_name(options.get("dynamodb_table_name", DEFAULT_TABLE_NAME)),
-            partition_prefix=_prefix(
-                options.get("dynamodb_partition_prefix", DEFAULT_PARTITION_PREFIX)
+            table_name=matching(
+                "dynamodb_table_name",
+                options.get("dynamodb_table_name", DEFAULT_TABLE_NAME),
+                _TABLE_NAME,
+                "a DynamoDB table name: 3 to 255 letters, digits, '_', '-' or '.'",
             ),
-            region_name=_region(options.get("dynamodb_region_name")),
-            endpoint=_endpoint(options.get("dynamodb_endpoint")),
-            skip_table_create=_flag(options.get("dynamodb_skip_table_create", False)),
+            partition_prefix=matching(
+                "dynamodb_partition_prefix",
+                options.get("dynamodb_partition_prefix", DEFAULT_PARTITION_PREFIX),
+                _PREFIX,
+                "1 to 255 letters, digits, '_', '-' or '.'",
+            ),
+            region_name=None
+            if region is None
+            else matching(
+                "dynamodb_region_name", region, _REGION, "a region name such as 'eu-west-1'"
+            ),
+            endpoint=None
+            if endpoint is None
+            else url("dynamodb_endpoint", endpoint, schemes=("http", "https"), host=True),
+            skip_table_create=boolean(
+                "dynamodb_skip_table_create", options.get("dynamodb_skip_table_create", False)
+            ),
         )
-
-
-def _table_name(name: object) -> str:
-    if not isinstance(name, str) or not _TABLE_NAME.fullmatch(name):
-        raise ValueError(
-            f"dynamodb_table_name {name!r} is not a valid DynamoDB table name: use 3 to 255 "
-            "letters, digits, '_', '-' or '.'"
-        )
-    return name
-
-
-def _prefix(prefix: object) -> str:
-    if not isinstance(prefix, str) or not _PREFIX.fullmatch(prefix):
-        raise ValueError(
-            f"dynamodb_partition_prefix {prefix!r} is not valid: use 1 to 255 letters, "
-            "digits, '_', '-' or '.'"
-        )
-    return prefix
-
-
-def _region(region: object) -> str | None:
-    if region is None:
-        return None
-    if not isinstance(region, str) or not _REGION.fullmatch(region):
-        raise ValueError(
-            f"dynamodb_region_name {region!r} is not a region name such as 'eu-west-1'"
-        )
-    return region
-
-
-def _endpoint(endpoint: object) -> str | None:
-    if endpoint is None:
-        return None
-    if isinstance(endpoint, str):
-        parts = urllib.parse.urlsplit(endpoint)
-        if parts.scheme in ("http", "https") and parts.hostname:
-            return endpoint
-    raise ValueError(
-        f"dynamodb_endpoint {endpoint!r} must be an http:// or https:// URL, "
-        "such as 'http://localhost:8000'"
-    )
-
-
-def _flag(value: object) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"dynamodb_skip_table_create must be True or False, not {value!r}")
-    return value

@@ -99,7 +99,7 @@ def _keys(schema: Any) -> list[tuple[str, str]]:
 
 
 def check_schema(name: str, table: dict[str, Any]) -> None:
-    """Refuse a table whose keys or ``ready_at`` index differ from the definition."""
+    """Refuse a table whose keys or due-time index differ from the definition."""
     expected = table_definition()
     problems: list[str] = []
     if _keys(table.get("KeySchema")) != _keys(expected["KeySchema"]):

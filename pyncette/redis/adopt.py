@@ -32,8 +32,10 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+from pyncette.batching import chunks
+from pyncette.clock import real_sleep
 from pyncette.errors import BackendUnavailableError
-from pyncette.legacy import REDIS_PAGE, Checker, Entry, convert, parse_parent, pause
+from pyncette.legacy import REDIS_PAGE, Checker, Entry, convert, parse_parent
 from pyncette.redis.keys import PREFIX
 from pyncette.redis.repository import UNAVAILABLE, Client, RedisRepository
 from pyncette.repository import Registration
@@ -125,7 +127,7 @@ async def _adopt(repository: RedisRepository, client: Client, namespace: str) ->
     while not await client.set(lock, token, nx=True, px=LOCK_TTL_MS):
         if await client.exists(marker):
             return None
-        await pause(LOCK_POLL)
+        await real_sleep(LOCK_POLL)  # another instance converts: no part of the schedule
     try:
         if await client.exists(marker):
             return None
@@ -173,7 +175,5 @@ async def _register(
 
 
 async def _delete(client: Client, keys: Sequence[str]) -> None:
-    for start in range(0, len(keys), REDIS_PAGE):
-        chunk = keys[start : start + REDIS_PAGE]
-        if chunk:
-            await client.unlink(*chunk)
+    for chunk in chunks(keys, REDIS_PAGE):
+        await client.unlink(*chunk)

@@ -13,6 +13,7 @@ from redis import exceptions as rex
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
+from pyncette.batching import chunks
 from pyncette.errors import BackendUnavailableError
 from pyncette.model import ContinuationToken, Lease
 from pyncette.redis.keys import group_keys
@@ -27,7 +28,7 @@ from pyncette.redis.scripts import (
     Script,
 )
 from pyncette.repository import ClaimResult, Commit, Page, Record, Registration, Repository
-from pyncette.schedule import UTC
+from pyncette.timeutil import duration_us, from_epoch_us, to_epoch_us
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +45,6 @@ UNAVAILABLE: tuple[type[Exception], ...] = (
 )
 """Driver errors that mean storage could not be reached (or is failing over)."""
 
-_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=UTC)
-_US = datetime.timedelta(microseconds=1)
 _CHUNK = 500
 """Rows per script call for batch writes, so one call never blocks Redis for long."""
 MAX_IN_FLIGHT = 64
@@ -58,22 +57,16 @@ def _dumps(batch: list[tuple[Any, ...]]) -> str:
     return json.dumps(batch, ensure_ascii=False, separators=(",", ":"))
 
 
-def to_us(moment: datetime.datetime) -> int:
-    return (moment - _EPOCH) // _US
-
-
-def from_us(us: int) -> datetime.datetime:
-    return _EPOCH + datetime.timedelta(microseconds=us)
-
-
 def parse_row(name: str, value: bytes) -> Record:
     """Decode a stored row (layout in ``row.lua``)."""
     sched, _, till, size, rest = value.split(b",", 4)
     end = int(size)
     spec = rest[end + 1 :].decode() if rest[end : end + 1] == b"s" else None
     if not till:
-        return Record(name, spec, from_us(int(sched)), None, None)
-    return Record(name, spec, from_us(int(sched)), from_us(int(till)), Lease(rest[:end].decode()))
+        return Record(name, spec, from_epoch_us(int(sched)), None, None)
+    return Record(
+        name, spec, from_epoch_us(int(sched)), from_epoch_us(int(till)), Lease(rest[:end].decode())
+    )
 
 
 def _claimed(out: list[Any], lease: Lease) -> list[Record]:
@@ -84,7 +77,7 @@ def _claimed(out: list[Any], lease: Lease) -> list[Record]:
     def moment(us: int) -> datetime.datetime:
         found = times.get(us)
         if found is None:
-            found = times[us] = _EPOCH + datetime.timedelta(microseconds=us)
+            found = times[us] = from_epoch_us(us)
         return found
 
     return [
@@ -127,7 +120,7 @@ class RedisRepository(Repository):
         self, group: str, *, now: datetime.datetime, limit: int, lease: Lease
     ) -> ClaimResult:
         keys = group_keys(self._namespace, group)
-        at = to_us(now)
+        at = to_epoch_us(now)
         records: list[Record] = []
         while True:
             # one script call per chunk keeps Lua's unpack() within its limits
@@ -135,17 +128,17 @@ class RedisRepository(Repository):
             out = await self._run(CLAIM, keys[:2], (at, size, lease))
             records += _claimed(out, lease)
             if len(out) < 1 + 4 * size or len(records) >= limit:
-                return ClaimResult(records, None if out[0] is None else from_us(out[0]))
+                return ClaimResult(records, None if out[0] is None else from_epoch_us(out[0]))
 
     async def commit(
         self, group: str, commits: Sequence[Commit], *, now: datetime.datetime
     ) -> list[str]:
         keys = group_keys(self._namespace, group)
         lost: list[str] = []
-        for start in range(0, len(commits), _CHUNK):
+        for chunk in chunks(commits, _CHUNK):
             batch = [
-                (c.name, c.lease, False if c.next_at is None else (c.next_at - _EPOCH) // _US)
-                for c in commits[start : start + _CHUNK]
+                (c.name, c.lease, False if c.next_at is None else to_epoch_us(c.next_at))
+                for c in chunk
             ]
             out = await self._run(COMMIT, keys, (_dumps(batch),))
             lost += (name.decode() for name in out)
@@ -155,7 +148,7 @@ class RedisRepository(Repository):
         self, group: str, name: str, lease: Lease, *, locked_until: datetime.datetime
     ) -> bool:
         keys = group_keys(self._namespace, group)
-        return bool(await self._run(EXTEND, keys[:2], (name, lease, to_us(locked_until))))
+        return bool(await self._run(EXTEND, keys[:2], (name, lease, to_epoch_us(locked_until))))
 
     async def unlock(self, group: str, name: str, lease: Lease) -> bool:
         keys = group_keys(self._namespace, group)
@@ -171,17 +164,17 @@ class RedisRepository(Repository):
     ) -> list[str]:
         keys = group_keys(self._namespace, group)
         skipped: list[str] = []
-        for start in range(0, len(registrations), _CHUNK):
+        for chunk in chunks(registrations, _CHUNK):
             batch = [
                 (
                     r.name,
-                    to_us(r.scheduled_at),
-                    r.lease_duration // _US,
+                    to_epoch_us(r.scheduled_at),
+                    duration_us(r.lease_duration),
                     False if r.spec is None else r.spec,
                 )
-                for r in registrations[start : start + _CHUNK]
+                for r in chunk
             ]
-            args = (to_us(now), "1" if force else "0", _dumps(batch))
+            args = (to_epoch_us(now), "1" if force else "0", _dumps(batch))
             out = await self._run(REGISTER, keys, args)
             skipped += (name.decode() for name in out)
         return skipped

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-import datetime
-import urllib.parse
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from pyncette.options import optional_boolean, positive_seconds, url
 from pyncette.repository import check_options
+from pyncette.urls import mask_url
 
 DEFAULT_URL = "redis://localhost"
+DEFAULT_TIMEOUT = 10.0
+OPTIONS = frozenset({"redis_url", "redis_namespace", "redis_timeout", "redis_cluster"})
 MAX_NAMESPACE_LENGTH = 100
-_URL_SCHEMES = ("redis", "rediss", "unix")
+URL_SCHEMES = ("redis", "rediss", "unix")
 # Characters that would blur the key layout (":" separates parts, braces delimit the
 # cluster hash tag) or make keys awkward to match with SCAN patterns.
 _FORBIDDEN = frozenset("{}:*?[]\\\"'")
@@ -19,23 +22,27 @@ _FORBIDDEN = frozenset("{}:*?[]\\\"'")
 
 @dataclass(frozen=True, slots=True)
 class RedisSettings:
+    """The ``redis_*`` options, validated (``ValueError`` naming any bad one)."""
+
     url: str = DEFAULT_URL
     namespace: str = ""
-    timeout: float = 10.0
+    timeout: float = DEFAULT_TIMEOUT
     """Socket connect and read timeout, in seconds."""
     cluster: bool | None = None
     """``True``: Redis Cluster; ``False``: one server; ``None``: ask the server."""
 
     @classmethod
-    def from_options(cls, options: dict[str, Any]) -> RedisSettings:
-        check_options(
-            "redis_", options, {"redis_url", "redis_namespace", "redis_timeout", "redis_cluster"}
-        )
+    def from_options(cls, options: Mapping[str, Any]) -> RedisSettings:
+        check_options("redis_", options, OPTIONS)
         return cls(
-            url=_url(options.get("redis_url", DEFAULT_URL)),
+            url=url(
+                "redis_url", options.get("redis_url", DEFAULT_URL), schemes=URL_SCHEMES, host=False
+            ),
             namespace=validate_namespace(options.get("redis_namespace", "")),
-            timeout=_timeout(options.get("redis_timeout", 10.0)),
-            cluster=_cluster(options.get("redis_cluster")),
+            timeout=positive_seconds(
+                "redis_timeout", options.get("redis_timeout", DEFAULT_TIMEOUT)
+            ),
+            cluster=optional_boolean("redis_cluster", options.get("redis_cluster")),
         )
 
     @property
@@ -61,43 +68,3 @@ def validate_namespace(namespace: object) -> str:
                 "whitespace, control characters or any of { } : * ? [ ] \\ \" '"
             )
     return namespace
-
-
-def mask_url(url: str) -> str:
-    """``url`` with its password, if any, replaced by ``***`` (for logs and errors)."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rpartition("@")[2]
-    user = parts.username or ""
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
-
-
-def _url(url: object) -> str:
-    if not isinstance(url, str) or not url:
-        raise ValueError(f"redis_url must be a non-empty string, not {url!r}")
-    scheme = urllib.parse.urlsplit(url).scheme
-    if scheme not in _URL_SCHEMES:
-        raise ValueError(
-            f"redis_url {mask_url(url)!r} has scheme {scheme!r}; expected one of "
-            f"{', '.join(s + '://' for s in _URL_SCHEMES)}"
-        )
-    return url
-
-
-def _timeout(timeout: object) -> float:
-    if isinstance(timeout, datetime.timedelta):
-        seconds = timeout.total_seconds()
-    elif isinstance(timeout, (int, float)) and not isinstance(timeout, bool):
-        seconds = float(timeout)
-    else:
-        raise ValueError(f"redis_timeout must be a number of seconds, not {timeout!r}")
-    if not seconds > 0:
-        raise ValueError(f"redis_timeout must be positive, not {timeout!r}")
-    return seconds
-
-
-def _cluster(cluster: object) -> bool | None:
-    if cluster is None or isinstance(cluster, bool):
-        return cluster
-    raise ValueError(f"redis_cluster must be True, False or None (detect), not {cluster!r}")

@@ -30,7 +30,8 @@ from sqlalchemy import Connection, inspect, text
 
 from pyncette.legacy import DEFAULT_TABLE, Entry, check, convert
 from pyncette.sql.names import backup_table_name
-from pyncette.sql.schema import key_type, text_type, to_micros
+from pyncette.sql.schema import key_type, text_type
+from pyncette.timeutil import duration_us, to_epoch_us
 
 logger = logging.getLogger(__name__)
 
@@ -197,7 +198,7 @@ def fill(conn: Connection, table: str, now: datetime.datetime) -> int:
     count = 0
     for entry in read_entries(conn, backup):
         group, row = convert(entry, now)
-        at = to_micros(row.scheduled_at)
+        at = to_epoch_us(row.scheduled_at)
         batch.append(
             {
                 "task_group": group,
@@ -205,7 +206,7 @@ def fill(conn: Connection, table: str, now: datetime.datetime) -> int:
                 "spec": row.spec,
                 "scheduled_at": at,
                 "due_at": at,
-                "lease_duration_us": row.lease_duration // datetime.timedelta(microseconds=1),
+                "lease_duration_us": duration_us(row.lease_duration),
                 "locked_by": None,
             }
         )

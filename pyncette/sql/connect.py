@@ -2,55 +2,52 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar, Self
 
 from sqlalchemy import MetaData
 from sqlalchemy.engine import URL
 
-from pyncette.sql.engine import (
-    create_engine,
-    detect_capabilities,
-    enable_wal,
-    mask,
-    translate_errors,
-)
+from pyncette.options import boolean, integer
+from pyncette.sql.engine import create_engine, detect_capabilities, enable_wal, translate_errors
 from pyncette.sql.migrations import ensure_table
-from pyncette.sql.names import validate_table_name
-from pyncette.sql.options import as_bool, as_int
+from pyncette.sql.names import DEFAULT_TABLE, validate_table_name
 from pyncette.sql.repository import SqlRepository
 from pyncette.sql.schema import make_table
+from pyncette.urls import mask_url
+
+DEFAULT_POOL_SIZE = 10
 
 
 @dataclass(frozen=True, slots=True)
 class SqlSettings:
-    """What the PostgreSQL and MySQL modules share once their options are parsed."""
+    """What the options of a server database (PostgreSQL, MySQL) become: the database
+    URL, and the ``<prefix>table_name``, ``<prefix>skip_table_create`` and
+    ``<prefix>pool_size`` options, which every SQL server backend reads alike
+    (:meth:`with_url`). Subclasses say how their options name the database."""
 
     url: URL
-    prefix: str
-    """The options' prefix (``postgres_``, ``mysql_``), for naming them in errors."""
-    table_name: str
-    skip_table_create: bool
-    pool_size: int
+    table_name: str = DEFAULT_TABLE
+    skip_table_create: bool = False
+    pool_size: int = DEFAULT_POOL_SIZE
+    prefix: ClassVar[str] = ""
+    """The options' prefix (``postgres_``, ``mysql_``)."""
 
     @classmethod
-    def parse(cls, url: URL, prefix: str, options: dict[str, Any]) -> SqlSettings:
-        """Read ``<prefix>table_name``, ``<prefix>skip_table_create`` and
-        ``<prefix>pool_size`` from ``options``."""
+    def with_url(cls, url: URL, options: Mapping[str, Any]) -> Self:
+        """Settings for the database at ``url`` with the table options in ``options``."""
+        p = cls.prefix
         return cls(
             url=url,
-            prefix=prefix,
             table_name=validate_table_name(
-                f"{prefix}table_name", options.get(f"{prefix}table_name", "pyncette")
+                f"{p}table_name", options.get(f"{p}table_name", DEFAULT_TABLE)
             ),
-            skip_table_create=as_bool(
-                f"{prefix}skip_table_create", options.get(f"{prefix}skip_table_create", False)
+            skip_table_create=boolean(
+                f"{p}skip_table_create", options.get(f"{p}skip_table_create", False)
             ),
-            pool_size=as_int(
-                f"{prefix}pool_size", options.get(f"{prefix}pool_size", 10), minimum=1
-            ),
+            pool_size=integer(f"{p}pool_size", options.get(f"{p}pool_size", DEFAULT_POOL_SIZE)),
         )
 
     def open(self) -> AbstractAsyncContextManager[SqlRepository]:
@@ -74,7 +71,7 @@ async def open_sql_repository(
 ) -> AsyncIterator[SqlRepository]:
     """Connect, bring the table to the newest migration (unless ``skip_table_create``),
     yield the repository, and close the pool on exit."""
-    where = mask(url)
+    where = mask_url(url)
     engine = create_engine(url, pool_size=pool_size)
     try:
         async with translate_errors(where):

@@ -7,7 +7,7 @@ resulting :class:`Capabilities`.
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import hashlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -19,7 +19,10 @@ from sqlalchemy import Connection, Dialect, event, exc, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from pyncette import retry
+from pyncette.clock import real_sleep
 from pyncette.errors import BackendUnavailableError
+from pyncette.urls import mask_url
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
@@ -31,6 +34,7 @@ _ASYNC_DRIVERS = {
     "mariadb": ("mysql", "asyncmy"),
     "sqlite": ("sqlite", "aiosqlite"),
 }
+
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 _NO_BEGIN = "pyncette_no_begin"
@@ -46,28 +50,18 @@ def normalize_url(url: str | URL, option: str = "url") -> URL:
     try:
         parsed = make_url(url)
     except (exc.ArgumentError, ValueError, TypeError):
-        raise ValueError(f"{option} is not a database URL: {mask(url)}") from None
+        raise ValueError(f"{option} is not a database URL: {mask_url(url)}") from None
     backend, _, driver = parsed.drivername.partition("+")
     known = _ASYNC_DRIVERS.get(backend)
     if known is None or driver not in ("", known[1]):
         raise ValueError(
             f"{option} must be a postgresql://, mysql:// or sqlite:// URL (driver asyncpg, "
-            f"asyncmy or aiosqlite), got {mask(parsed)}"
+            f"asyncmy or aiosqlite), got {mask_url(parsed)}"
         )
     parsed = parsed.set(drivername="+".join(known))
     if known[0] == "mysql" and "charset" not in parsed.query:
         parsed = parsed.update_query_dict({"charset": "utf8mb4"})
     return parsed
-
-
-def mask(url: object) -> str:
-    """``url`` as text with any password replaced by ``***``; safe for logs and errors."""
-    if isinstance(url, URL):
-        return url.render_as_string(hide_password=True)
-    try:
-        return make_url(str(url)).render_as_string(hide_password=True)
-    except Exception:
-        return "<unparseable URL>"
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,7 +170,7 @@ def _take_over_sqlite_transactions(engine: AsyncEngine) -> None:
             connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def _is_sqlite_busy(error: exc.DBAPIError) -> bool:
+def _is_sqlite_busy(error: BaseException) -> bool:
     """Whether SQLite refused ``error``'s statement because another connection held
     the file (``SQLITE_BUSY`` / ``SQLITE_LOCKED``)."""
     return isinstance(error, exc.OperationalError) and "is locked" in str(error.orig)
@@ -188,24 +182,33 @@ async def enable_wal(engine: AsyncEngine) -> None:
     WAL is a property of the file: once set it holds for every later connection, so
     it is set once per start-up rather than per connection. Switching a file from a
     rollback journal needs it to be free of writers, and SQLite reports a busy file
-    at once here instead of waiting out the busy timeout; so wait, with backoff, up
-    to the busy timeout before giving up.
+    at once here instead of waiting out the busy timeout; so retry with the
+    :data:`~pyncette.retry.STARTUP` back-off for as long as the busy timeout.
     """
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + SQLITE_BUSY_TIMEOUT_MS / 1000
-    delay = 0.005
-    while True:
-        try:
-            async with engine.connect() as conn:
-                conn = await conn.execution_options(**{_NO_BEGIN: True})
-                await conn.exec_driver_sql("PRAGMA journal_mode = WAL")
-            return
-        except exc.OperationalError as error:
-            if not _is_sqlite_busy(error) or loop.time() + delay > deadline:
-                raise
-        logger.debug("SQLite file busy while switching to WAL; retrying in %.3f s", delay)
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, 0.25)
+
+    async def switch() -> None:
+        async with engine.connect() as conn:
+            conn = await conn.execution_options(**{_NO_BEGIN: True})
+            await conn.exec_driver_sql("PRAGMA journal_mode = WAL")
+
+    await retry.retry(
+        switch,
+        policy=retry.STARTUP,
+        attempts=retry.STARTUP.attempts_within(SQLITE_BUSY_TIMEOUT_MS / 1000),
+        sleep=real_sleep,
+        retry_on=(exc.OperationalError,),
+        retry_if=lambda error, _: _is_sqlite_busy(error),
+        on_retry=functools.partial(
+            log_retry, logging.DEBUG, "SQLite file busy while switching to WAL"
+        ),
+    )
+
+
+def log_retry(level: int, what: str, attempt: int, error: BaseException, delay: float) -> None:
+    """An ``on_retry`` for :func:`pyncette.retry.retry` (bind ``level`` and ``what``); it
+    logs the driver's message only, not the statement and its parameters."""
+    cause = getattr(error, "orig", None) or error
+    logger.log(level, "%s (attempt %d); retrying in %.3f s: %s", what, attempt, delay, cause)
 
 
 def _lock_key(table: str) -> int:
@@ -247,31 +250,39 @@ async def retry_dropped(
     engine: AsyncEngine, operation: Callable[[AsyncConnection], Awaitable[T]]
 ) -> T:
     """Run ``operation`` in a transaction of ``engine``; if the connection turns out to
-    be dead (a database restart, a connection the server killed), run it once more.
+    be dead (a database restart, a connection the server killed), run it once more
+    (:data:`~pyncette.retry.SQL_RECONNECT_ATTEMPTS`).
 
     SQLAlchemy invalidates the whole pool when it sees a disconnect, so the second run
     gets a fresh connection. A connection dropped *while* a statement ran may have
     applied it; a repeated claim or commit then finds its rows already changed and
     reports them as not claimed / lease lost, which the core handles.
     """
-    for attempt in (1, 2):
-        try:
-            async with engine.begin() as conn:
-                return await operation(conn)
-        except exc.DBAPIError as error:
-            if attempt == 2 or not error.connection_invalidated:
-                raise
-            logger.info("Database connection was dropped; retrying on a new one")
-    raise AssertionError("unreachable")
+
+    async def in_transaction() -> T:
+        async with engine.begin() as conn:
+            return await operation(conn)
+
+    return await retry.retry(
+        in_transaction,
+        policy=retry.RECONNECT,
+        attempts=retry.SQL_RECONNECT_ATTEMPTS,
+        sleep=real_sleep,
+        retry_on=(exc.DBAPIError,),
+        retry_if=lambda error, _: bool(getattr(error, "connection_invalidated", False)),
+        on_retry=functools.partial(log_retry, logging.INFO, "Database connection was dropped"),
+    )
 
 
 _CONFLICTS = {1213, "40P01", "40001"}
 """MySQL's deadlock error; PostgreSQL's deadlock and serialization-failure SQLSTATEs."""
 
 
-def is_conflict(error: exc.DBAPIError) -> bool:
+def is_conflict(error: BaseException) -> bool:
     """Whether the database rolled the transaction back as a deadlock victim or a
     unique-key race, so that running it again is safe and likely to succeed."""
+    if not isinstance(error, exc.DBAPIError):
+        return False
     if isinstance(error, exc.IntegrityError):
         return True
     orig = error.orig

@@ -16,23 +16,19 @@ from pathlib import Path
 
 from alembic import command, context
 from alembic.config import Config
+from alembic.util import CommandError
 from sqlalchemy import Column, Connection, MetaData, String, Table, inspect
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pyncette.sql.adopt import pyncette1_problem
-from pyncette.sql.engine import (
-    create_engine,
-    detect_capabilities,
-    mask,
-    migration_lock,
-    normalize_url,
-)
+from pyncette.sql.engine import create_engine, detect_capabilities, migration_lock, normalize_url
+from pyncette.sql.names import DEFAULT_TABLE as DEFAULT_TABLE  # (pyncette.cli reads it here)
 from pyncette.sql.names import validate_table_name, version_table_name
 from pyncette.sql.schema import make_table
+from pyncette.urls import mask_url
 
 TABLE_ATTRIBUTE = "pyncette_table"
 CONNECTION_ATTRIBUTE = "connection"
-DEFAULT_TABLE = "pyncette"
 
 
 def script_location() -> Path:
@@ -98,14 +94,14 @@ async def ensure_table(
         if not await conn.run_sync(table_exists, table):
             raise ValueError(
                 f"Table {table!r} does not exist and {option} is set. Create it with "
-                f"`{upgrade_command(mask(engine.url), table)}` (from the pyncette source "
+                f"`{upgrade_command(mask_url(engine.url), table)}` (from the pyncette source "
                 f"root, or add `-c {alembic_ini()}`), or unset {option}."
             )
         problem = await conn.run_sync(pyncette1_problem, table)
         if problem is not None:
             raise ValueError(
                 f"{problem} and {option} is set. Convert it in place with "
-                f"`{upgrade_command(mask(engine.url), table)}` (from the pyncette source "
+                f"`{upgrade_command(mask_url(engine.url), table)}` (from the pyncette source "
                 f"root, or add `-c {alembic_ini()}`), or unset {option} to have it "
                 "converted at start-up."
             )
@@ -133,7 +129,10 @@ def run_env() -> None:
     table = config.attributes.get(TABLE_ATTRIBUTE) or arguments.get(
         "table", os.environ.get("PYNCETTE_TABLE", DEFAULT_TABLE)
     )
-    table = validate_table_name("table", table)
+    try:
+        table = validate_table_name("table", table)
+    except ValueError as error:  # from the command line: a message, not a traceback
+        raise CommandError(str(error)) from None
     config.attributes[TABLE_ATTRIBUTE] = table
     metadata = MetaData()
     make_table(metadata, table)
@@ -157,8 +156,15 @@ def run_env() -> None:
         return
     raw_url = arguments.get("url") or os.environ.get("PYNCETTE_DB_URL")
     if not raw_url:
-        raise ValueError("Give the database as `-x url=...` or the PYNCETTE_DB_URL variable")
-    url = normalize_url(raw_url, "url")
+        raise CommandError(
+            "No database given: pass it as `-x url=...` (e.g. `alembic -x "
+            "url=postgresql://user@host/db -x table=pyncette upgrade head`) or set "
+            "PYNCETTE_DB_URL"
+        )
+    try:
+        url = normalize_url(raw_url, "url")
+    except ValueError as error:
+        raise CommandError(str(error)) from None
     if context.is_offline_mode():
         context.configure(
             url=url,

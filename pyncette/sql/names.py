@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import re
 
+from pyncette.options import matching
+
+DEFAULT_TABLE = "pyncette"
 MAX_TABLE_NAME = 47
 """63 (PostgreSQL's identifier limit) minus the ``_alembic_version`` suffix (and more than
 the ``_pyncette1`` suffix plus PostgreSQL's ``_pkey``)."""
@@ -13,16 +16,17 @@ _TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 def validate_table_name(option: str, value: object) -> str:
     """Return ``value`` if it is a plain SQL identifier, else raise ``ValueError``."""
-    if not isinstance(value, str) or not _TABLE_NAME.fullmatch(value):
+    name = matching(
+        option,
+        value,
+        _TABLE_NAME,
+        "a plain identifier (letters, digits and underscores, not starting with a digit)",
+    )
+    if len(name) > MAX_TABLE_NAME:
         raise ValueError(
-            f"{option} must be a plain identifier (letters, digits and underscores, not "
-            f"starting with a digit), got {value!r}"
+            f"{option} must be at most {MAX_TABLE_NAME} characters long, got {len(name)}"
         )
-    if len(value) > MAX_TABLE_NAME:
-        raise ValueError(
-            f"{option} must be at most {MAX_TABLE_NAME} characters long, got {len(value)}"
-        )
-    return value
+    return name
 
 
 def version_table_name(table: str) -> str:

@@ -9,23 +9,35 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from sqlalchemy import Table
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from pyncette import retry
+from pyncette.batching import chunks
+from pyncette.clock import real_sleep
 from pyncette.model import ContinuationToken, Lease
-from pyncette.repository import ClaimResult, Commit, Page, Record, Registration, Repository
-from pyncette.sql.engine import Capabilities, is_conflict, retry_dropped, translate_errors
-from pyncette.sql.schema import MICROSECOND, to_micros
+from pyncette.repository import (
+    ClaimResult,
+    Commit,
+    Page,
+    Record,
+    Registration,
+    Repository,
+    fold_registrations,
+)
+from pyncette.sql.engine import (
+    Capabilities,
+    is_conflict,
+    log_retry,
+    retry_dropped,
+    translate_errors,
+)
 from pyncette.sql.statements import Statements
+from pyncette.timeutil import duration_us, to_epoch_us
 
 T = TypeVar("T")
-logger = logging.getLogger(__name__)
 
 CHUNK = 200
 """Rows per statement in batched writes (keeps bound parameters well under every limit)."""
-REGISTER_ATTEMPTS = 5
-"""A registration racing another instance's upsert of the same new rows can be chosen as
-a deadlock victim (InnoDB); it is rolled back and run again."""
 
 
 class SqlRepository(Repository):
@@ -83,17 +95,18 @@ class SqlRepository(Repository):
         """The adapter edge: ``atomic`` operations get a real transaction; a dropped
         connection is retried once; a transaction the database rolled back as a conflict
         (see :func:`~pyncette.sql.engine.is_conflict`) is run again, up to ``attempts``
-        times in all; unreachable storage is ``BackendUnavailableError``."""
+        times in all (:data:`~pyncette.retry.CONFLICT` back-off); unreachable storage is
+        ``BackendUnavailableError``."""
         engine = self._engine if atomic else self._single
         async with translate_errors(self._where):
-            for attempt in range(1, attempts + 1):
-                try:
-                    return await retry_dropped(engine, operation)
-                except DBAPIError as error:
-                    if attempt == attempts or not is_conflict(error):
-                        raise
-                    logger.debug("Conflict on attempt %d, retrying: %s", attempt, error.orig)
-        raise AssertionError("unreachable")
+            return await retry.retry(
+                functools.partial(retry_dropped, engine, operation),
+                policy=retry.CONFLICT,
+                attempts=attempts,
+                sleep=real_sleep,
+                retry_if=lambda error, _: is_conflict(error),
+                on_retry=functools.partial(log_retry, logging.DEBUG, "Transaction conflict"),
+            )
 
     # -- claims -------------------------------------------------------------------
 
@@ -156,25 +169,29 @@ class SqlRepository(Repository):
                 unique[item.name] = item
         batch = list(unique.values())
         applied: set[str] = set()
-        for start in range(0, len(batch), CHUNK):
-            chunk = batch[start : start + CHUNK]
+        for chunk in chunks(batch, CHUNK):
             try:
                 applied |= await self._run(
-                    lambda conn, chunk=chunk: self._commit_chunk(conn, group, chunk),  # type: ignore[misc]
+                    functools.partial(self._commit_chunk, group=group, chunk=chunk),
                     atomic=not self._caps.returning,
                 )
             except _NotAllHeld:
                 # rolled back; find out which rows are still held, then write those
                 applied |= await self._run(
-                    lambda conn, chunk=chunk: self._commit_chunk(  # type: ignore[misc]
-                        conn, group, chunk, check_first=True
+                    functools.partial(
+                        self._commit_chunk, group=group, chunk=chunk, check_first=True
                     ),
                     atomic=True,
                 )
         return [item.name for item in batch if item.name not in applied] + lost
 
     async def _commit_chunk(
-        self, conn: AsyncConnection, group: str, chunk: list[Commit], *, check_first: bool = False
+        self,
+        conn: AsyncConnection,
+        group: str,
+        chunk: Sequence[Commit],
+        *,
+        check_first: bool = False,
     ) -> set[str]:
         """Without ``RETURNING`` (MySQL) the guarded writes run first, optimistically: if
         their row counts show every row was still held, all were applied; otherwise
@@ -194,7 +211,7 @@ class SqlRepository(Repository):
                     "group": group,
                     "names": [item.name for item in moved],
                     "leases": [item.lease for item in moved],
-                    "at": [to_micros(item.next_at) for item in moved],  # type: ignore[arg-type]
+                    "at": [to_epoch_us(item.next_at) for item in moved],  # type: ignore[arg-type]
                 }
                 applied.update((await conn.execute(sql.commit_moved, arrays)).scalars())
             if done:
@@ -250,22 +267,15 @@ class SqlRepository(Repository):
         force: bool,
     ) -> list[str]:
         # a name given twice is one row written twice in order: fold it into one upsert
-        merged: dict[str, Registration] = {}
-        for reg in registrations:
-            earlier = merged.get(reg.name)
-            if not force and earlier is not None and earlier.scheduled_at < reg.scheduled_at:
-                reg = Registration(reg.name, reg.spec, earlier.scheduled_at, reg.lease_duration)
-            merged[reg.name] = reg
-        batch = list(merged.values())
+        batch = fold_registrations(registrations, force=force)
         skipped: set[str] = set()
-        for start in range(0, len(batch), CHUNK):
-            chunk = batch[start : start + CHUNK]
+        for chunk in chunks(batch, CHUNK):
             skipped |= await self._run(
-                lambda conn, chunk=chunk: self._register_chunk(  # type: ignore[misc]
-                    conn, group, chunk, now=now, force=force
+                functools.partial(
+                    self._register_chunk, group=group, chunk=chunk, now=now, force=force
                 ),
                 atomic=not self._one_statement_register(chunk),
-                attempts=REGISTER_ATTEMPTS,
+                attempts=retry.CONFLICT_ATTEMPTS,
             )
         return [reg.name for reg in registrations if reg.name in skipped]
 
@@ -280,7 +290,7 @@ class SqlRepository(Repository):
         self,
         conn: AsyncConnection,
         group: str,
-        chunk: list[Registration],
+        chunk: Sequence[Registration],
         *,
         now: datetime.datetime,
         force: bool,
@@ -293,8 +303,8 @@ class SqlRepository(Repository):
                 **shared,
                 "names": [reg.name for reg in chunk],
                 "specs": [reg.spec for reg in chunk],
-                "at": [to_micros(reg.scheduled_at) for reg in chunk],
-                "durations": [reg.lease_duration // MICROSECOND for reg in chunk],
+                "at": [to_epoch_us(reg.scheduled_at) for reg in chunk],
+                "durations": [duration_us(reg.lease_duration) for reg in chunk],
             }
             written = set((await conn.execute(sql.upsert(), arrays)).scalars())
             return {reg.name for reg in chunk if reg.name not in written}

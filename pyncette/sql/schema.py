@@ -4,7 +4,8 @@ Layout and why:
 
 * ``(task_group, name)`` is the primary key: every call touches one group, and a
   ``get`` / ``commit`` is a primary-key lookup.
-* Times are ``BIGINT`` microseconds since the Unix epoch (:class:`UtcMicros`). That is
+* Times are ``BIGINT`` microseconds since the Unix epoch (:class:`UtcMicros`, through
+  :mod:`pyncette.timeutil`, as Redis stores them). That is
   unambiguous UTC on every dialect (no session time zone, no ``TIMESTAMP`` vs
   ``DATETIME`` quirks), keeps microseconds, and makes ``locked_until = :now +
   lease_duration_us`` plain integer arithmetic that every dialect evaluates alike.
@@ -42,31 +43,22 @@ from sqlalchemy import (
 from sqlalchemy.dialects import mysql
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
-from pyncette.sql.names import (
-    due_index_name,
-    validate_table_name,
-)
-
-EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)  # noqa: UP017 (3.10)
-MICROSECOND = datetime.timedelta(microseconds=1)
-
-
-def to_micros(value: datetime.datetime) -> int:
-    """What :class:`UtcMicros` stores for ``value`` (for array parameters, which bind raw)."""
-    return (value - EPOCH) // MICROSECOND
+from pyncette.sql.names import due_index_name, validate_table_name
+from pyncette.timeutil import duration_us, from_epoch_us, to_epoch_us
 
 
 class UtcMicros(TypeDecorator[datetime.datetime]):
-    """An aware datetime stored as integer microseconds since the epoch, read back as UTC."""
+    """An aware datetime stored as integer microseconds since the epoch, read back as UTC
+    (array parameters, which bind raw, take :func:`~pyncette.timeutil.to_epoch_us`)."""
 
     impl = BigInteger
     cache_ok = True
 
     def process_bind_param(self, value: datetime.datetime | None, dialect: Dialect) -> Any:
-        return None if value is None else to_micros(value)
+        return None if value is None else to_epoch_us(value)
 
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime.datetime | None:
-        return None if value is None else EPOCH + datetime.timedelta(microseconds=value)
+        return None if value is None else from_epoch_us(value)
 
 
 class Micros(TypeDecorator[datetime.timedelta]):
@@ -76,7 +68,7 @@ class Micros(TypeDecorator[datetime.timedelta]):
     cache_ok = True
 
     def process_bind_param(self, value: datetime.timedelta | None, dialect: Dialect) -> Any:
-        return None if value is None else value // MICROSECOND
+        return None if value is None else duration_us(value)
 
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime.timedelta | None:
         return None if value is None else datetime.timedelta(microseconds=value)
