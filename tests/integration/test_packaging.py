@@ -7,7 +7,7 @@ from pathlib import Path
 
 from hatchling.builders.wheel import WheelBuilder
 
-ROOT = Path(__file__).resolve().parents[1]
+from support import ROOT
 
 
 def test_wheel_ships_migrations_scripts_and_type_marker(tmp_path: Path) -> None:

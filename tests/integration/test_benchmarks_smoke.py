@@ -12,7 +12,9 @@ from typing import Any
 
 import pytest
 
-WORKER = Path(__file__).resolve().parent.parent / "benchmarks" / "worker.py"
+from support import ROOT
+
+WORKER = ROOT / "benchmarks" / "worker.py"
 
 
 def load_worker() -> ModuleType:

@@ -10,11 +10,12 @@ import sys
 import threading
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
 
-EXAMPLES = Path(__file__).parent.parent / "examples"
+from support import ROOT
+
+EXAMPLES = ROOT / "examples"
 
 
 @pytest.mark.parametrize(

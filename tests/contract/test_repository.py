@@ -10,20 +10,10 @@ import pytest
 
 from backends import BackendConfig
 from pyncette.model import ContinuationToken, Lease
-from pyncette.repository import Commit, Registration, Repository
+from pyncette.repository import Commit, Repository
+from support import LEASE, T0, A, B, S, reg
 
 pytestmark = pytest.mark.anyio
-
-T0 = datetime.datetime(2030, 1, 1, tzinfo=datetime.UTC)
-S = datetime.timedelta(seconds=1)
-LEASE = datetime.timedelta(seconds=60)
-A, B = Lease("lease-a"), Lease("lease-b")
-
-
-def reg(
-    name: str, at: datetime.datetime, spec: str | None = None, lease: datetime.timedelta = LEASE
-) -> Registration:
-    return Registration(name=name, spec=spec, scheduled_at=at, lease_duration=lease)
 
 
 @pytest.fixture

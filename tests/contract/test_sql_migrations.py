@@ -6,7 +6,6 @@ import asyncio
 import logging
 import shutil
 import sqlite3
-import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import AbstractAsyncContextManager, closing
@@ -15,9 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from alembic.autogenerate import compare_metadata
-from alembic.migration import MigrationContext
-from sqlalchemy import Connection, MetaData, inspect, text
+from sqlalchemy import Connection, inspect, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from backend_sql import (
@@ -34,13 +31,10 @@ from pyncette.mysql import mysql_repository
 from pyncette.postgres import postgres_repository
 from pyncette.repository import Commit, Repository
 from pyncette.sql.engine import normalize_url
-from pyncette.sql.schema import make_table
 from pyncette.sqlite import sqlite_repository
-from test_repository import LEASE, T0, A, S, reg
+from support import LEASE, ROOT, T0, A, S, alembic_cli, reg, schema_diff
 
 pytestmark = pytest.mark.anyio
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass
@@ -99,20 +93,6 @@ def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Target]:
     yield from DIALECTS[request.param](tmp_path)
 
 
-def _schema_diff(conn: Connection, table: str) -> list[Any]:
-    metadata = MetaData()
-    make_table(metadata, table)
-    context = MigrationContext.configure(
-        conn,
-        opts={
-            "version_table": f"{table}_alembic_version",
-            "include_name": lambda name, kind, _parents: kind != "table" or name == table,
-        },
-    )
-    diff: list[Any] = compare_metadata(context, metadata)
-    return diff
-
-
 def _tables(conn: Connection) -> list[str]:
     return sorted(inspect(conn).get_table_names())
 
@@ -136,22 +116,14 @@ async def _execute(target: Target, statement: str) -> list[Any]:
         await engine.dispose()
 
 
-def _alembic(*args: str) -> subprocess.CompletedProcess[str]:
-    executable = shutil.which("alembic", path=str(Path(sys.executable).parent))
-    command = [executable] if executable else [sys.executable, "-m", "alembic"]
-    return subprocess.run(
-        [*command, *args], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False
-    )
-
-
 async def test_command_line_upgrade_matches_the_table_definition(target: Target) -> None:
     table = unique_name()
     # the application's own Alembic history must not be touched
     await _execute(target, "CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)")
     await _execute(target, "INSERT INTO alembic_version VALUES ('app_revision')")
-    done = _alembic("-x", f"url={target.url}", "-x", f"table={table}", "upgrade", "head")
+    done = alembic_cli("-x", f"url={target.url}", "-x", f"table={table}", "upgrade", "head")
     assert done.returncode == 0, done.stderr
-    assert await _inspect(target, lambda c: _schema_diff(c, table)) == []
+    assert await _inspect(target, lambda c: schema_diff(c, table)) == []
     assert await _execute(target, f"SELECT version_num FROM {table}_alembic_version") == [("0001",)]
     assert await _execute(target, "SELECT version_num FROM alembic_version") == [("app_revision",)]
     # a table provisioned by hand is used as is
@@ -164,7 +136,7 @@ async def test_start_up_upgrade_matches_the_table_definition(target: Target) -> 
     table = unique_name()
     async with target.factory(**target.options(table)) as repo:
         assert await repo.list("g", limit=1) is not None
-    assert await _inspect(target, lambda c: _schema_diff(c, table)) == []
+    assert await _inspect(target, lambda c: schema_diff(c, table)) == []
     assert await _inspect(target, _tables) == sorted([table, f"{table}_alembic_version"])
     # starting again finds the table at head and changes nothing
     async with target.factory(**target.options(table)):

@@ -58,7 +58,7 @@ from pyncette.sql.engine import normalize_url
 from pyncette.sql.schema import make_table
 from pyncette.sqlite import sqlite_repository
 from pyncette.task import STATIC_GROUP, default_partition_selector
-from test_sql_migrations import _alembic, _schema_diff
+from support import alembic_cli, schema_diff
 
 pytestmark = pytest.mark.anyio
 
@@ -407,7 +407,7 @@ async def test_a_pyncette1_table_under_the_app_s_name_is_converted_at_start_up(
     await run_converted(sql.backend())
 
     assert await on_sql(sql, tables) == sorted([TABLE, f"{TABLE}_alembic_version", BACKUP])
-    assert await on_sql(sql, lambda c: _schema_diff(c, TABLE)) == []
+    assert await on_sql(sql, lambda c: schema_diff(c, TABLE)) == []
     assert await on_sql(sql, version(TABLE)) == [("0001",)]
     # the 1.x table is kept, as it was, under another name
     assert await on_sql(sql, dump(BACKUP)) == original
@@ -475,9 +475,9 @@ async def test_the_command_line_converts_and_downgrading_restores_the_1x_table(
     original = await on_sql(sql, dump(TABLE))
     args = ["-x", f"url={sql.url}", "-x", f"table={TABLE}"]
 
-    done = _alembic(*args, "upgrade", "head")
+    done = alembic_cli(*args, "upgrade", "head")
     assert done.returncode == 0, done.stderr
-    assert await on_sql(sql, lambda c: _schema_diff(c, TABLE)) == []
+    assert await on_sql(sql, lambda c: schema_diff(c, TABLE)) == []
     skip = {} if sql.dialect == "sqlite" else {f"{sql.prefix}skip_table_create": True}
     async with sql.factory(**sql.options(TABLE, **skip)) as repo:
         alice = await repo.get("hello", "alice")
@@ -489,7 +489,7 @@ async def test_the_command_line_converts_and_downgrading_restores_the_1x_table(
         locked = await repo.get("hello", "locked")
         assert locked is not None and locked.locked_by is None and locked.locked_until is None
 
-    done = _alembic(*args, "downgrade", "base")
+    done = alembic_cli(*args, "downgrade", "base")
     assert done.returncode == 0, done.stderr
     assert await on_sql(sql, tables) == sorted([TABLE, f"{TABLE}_alembic_version"])
     assert await on_sql(sql, dump(TABLE)) == original
@@ -497,7 +497,7 @@ async def test_the_command_line_converts_and_downgrading_restores_the_1x_table(
         key = await on_sql(sql, lambda c: inspect(c).get_pk_constraint(TABLE)["name"])
         assert key == f"{TABLE}_pkey"
     # and it can be converted again
-    done = _alembic(*args, "upgrade", "head")
+    done = alembic_cli(*args, "upgrade", "head")
     assert done.returncode == 0, done.stderr
     assert await on_sql(sql, dump(BACKUP)) == original
 

@@ -11,7 +11,6 @@ import re
 import socket
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any, cast
 
 import pytest
@@ -35,11 +34,11 @@ from pyncette.errors import BackendUnavailableError
 from pyncette.model import ContinuationToken, Lease
 from pyncette.repository import Commit
 from pyncette.retry import Backoff
-from test_repository import LEASE, T0, A, reg
+from support import LEASE, ROOT, T0, A, reg
 
 pytestmark = [pytest.mark.anyio, pytest.mark.service("dynamodb")]
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "backends" / "dynamodb.md"
+DOC = ROOT / "docs" / "backends" / "dynamodb.md"
 
 # The schema block of the user's backends.rst, restated.
 BACKENDS_RST_SCHEMA: dict[str, Any] = {
