@@ -6,9 +6,12 @@ import asyncio
 import datetime
 import types
 from collections.abc import Awaitable, Generator
+from types import ModuleType
 from typing import Protocol, TypeVar
 
 T = TypeVar("T")
+_core: ModuleType | None = None
+"""``pyncette.pyncette``, imported on first use (it imports this module)."""
 
 
 class Clock(Protocol):
@@ -33,9 +36,13 @@ class DefaultClock:
     harness written for Pyncette can drive the whole scheduler by patching them."""
 
     def now(self) -> datetime.datetime:
-        from pyncette import pyncette as core
+        global _core
+        if _core is None:
+            from pyncette import pyncette as core
 
-        return core._current_time()
+            _core = core
+        now: datetime.datetime = _core._current_time()  # looked up at every call
+        return now
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)

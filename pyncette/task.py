@@ -217,9 +217,15 @@ class Task:
         return self._tzinfo or UTC
 
     @property
-    def is_async(self) -> bool:
+    def func(self) -> TaskFunc:
+        """The decorated function."""
+        return self._func
+
+    @func.setter
+    def func(self, value: TaskFunc) -> None:
+        self._func = value
+        self.is_async = is_async_callable(value)
         """Whether the function is a coroutine function (else it runs in a worker thread)."""
-        return is_async_callable(self.func)
 
     @property
     def task_func(self) -> TaskFunc:

@@ -16,8 +16,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import anyio.to_thread
 
@@ -48,9 +47,8 @@ LEASE_TOLERANCE = datetime.timedelta(seconds=1)
 """A claimed lease this far off the task's lease_duration is extended to match it."""
 
 
-@dataclass(frozen=True, slots=True)
-class Claimed:
-    """A row this instance holds a lease on."""
+class Claimed(NamedTuple):
+    """A row this instance holds a lease on (a tuple: one is built per execution)."""
 
     group: str
     name: str
@@ -61,12 +59,10 @@ class Claimed:
 
     @classmethod
     def of(cls, group: str, record: Record) -> Claimed:
-        if record.locked_by is None or record.locked_until is None:
+        lease, locked_until = record.locked_by, record.locked_until
+        if lease is None or locked_until is None:
             raise RuntimeError(f"The backend returned claimed row {record.name!r} without a lease")
-        return cls(
-            group, record.name, record.spec, record.scheduled_at, record.locked_by,
-            record.locked_until,
-        )  # fmt: skip
+        return cls(group, record.name, record.spec, record.scheduled_at, lease, locked_until)
 
 
 class Worker:
@@ -288,14 +284,17 @@ class Worker:
         context = Context.for_execution(
             app_context=self._app_context,
             task=task,
-            scheduled_at=row.scheduled_at.astimezone(task.tzinfo),
+            # in the task's timezone; backends return UTC already
+            scheduled_at=row.scheduled_at
+            if task.timezone is None
+            else row.scheduled_at.astimezone(task.tzinfo),
             lease=None if at_most_once else row.lease,
             heartbeat=functools.partial(self._heartbeat, row=row),
             items=self._items,
         )
         events = self._events
-        started_at = self._clock.now()
         started = time.perf_counter()
+        started_at = self._clock.now() if events.active else row.scheduled_at
         if events.active:
             events.emit(ExecutionStarted(task, row.scheduled_at, started_at))
         try:
@@ -350,11 +349,11 @@ class Worker:
     def _invoke(self, context: Context) -> Awaitable[None]:
         middlewares = self._middlewares
         if not middlewares:
-            return call_function(context.task.func, context)
+            return call_task(context.task, context)
 
         def call(index: int) -> Awaitable[None]:
             if index == len(middlewares):
-                return call_function(context.task.func, context)
+                return call_task(context.task, context)
             return middlewares[index](context, functools.partial(call, index + 1))
 
         return call(0)
@@ -415,6 +414,13 @@ def call_function(func: Callable[[Context], Any], context: Context) -> Awaitable
         result: Awaitable[None] = func(context)
         return result
     return _in_thread(func, context)
+
+
+def call_task(task: Task, context: Context) -> Awaitable[None]:
+    """:func:`call_function` for ``task.func``, whose kind the task knows already."""
+    if task.is_async:
+        return task.func(context)
+    return _in_thread(task.func, context)
 
 
 async def _in_thread(func: Callable[[Context], object], context: Context) -> None:

@@ -112,7 +112,7 @@ async def adopt_pyncette1(repository: RedisRepository) -> int | None:
     """Convert the 1.x data of the repository's namespace, once per namespace (see the
     module docstring). Returns how many tasks were converted, or ``None`` if the
     namespace had been checked before."""
-    client, namespace = repository._client, repository._namespace
+    client, namespace = repository.client, repository.namespace
     try:
         return await _adopt(repository, client, namespace)
     except UNAVAILABLE as exc:

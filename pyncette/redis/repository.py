@@ -97,6 +97,15 @@ class RedisRepository(Repository):
         self._namespace = namespace
         self._in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
 
+    @property
+    def client(self) -> Client:
+        """The redis-py client this repository talks through."""
+        return self._client
+
+    @property
+    def namespace(self) -> str:
+        return self._namespace
+
     async def _execute(self, *args: Any) -> Any:
         """Run one command; the one place driver errors become pyncette's."""
         try:
