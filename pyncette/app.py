@@ -22,10 +22,25 @@ from pyncette.executor import DefaultExecutor, adapt
 from pyncette.model import FixtureFunc, MiddlewareFunc, PartitionSelector, SyncTaskFunc, TaskFunc
 from pyncette.options import AppSettings, boolean
 from pyncette.repository import Repository, RepositoryFactory
-from pyncette.task import STATIC_GROUP, PartitionedTask, Task, make_task, unwrap
+from pyncette.task import (
+    RESERVED_ARGUMENTS,
+    STATIC_GROUP,
+    PartitionedTask,
+    Task,
+    make_task,
+    unwrap,
+)
 
 logger = logging.getLogger(__name__)
 _F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _unreserved(options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` of a decorator, refusing the keywords ``Task`` keeps for itself."""
+    bad = sorted((RESERVED_ARGUMENTS - {"name"}) & options.keys())
+    if bad:
+        raise ValueError(f"{', '.join(map(repr, bad))}: reserved, cannot be a task argument")
+    return options
 
 
 def _default_repository_factory(
@@ -109,11 +124,11 @@ class Pyncette:
 
     def task(self, **options: Any) -> Callable[[TaskFunc | SyncTaskFunc | Task], Task]:
         """Declare a static task; see the README for the options."""
-        return self._decorator(**options)
+        return self._decorator(**_unreserved(options))
 
     def dynamic_task(self, **options: Any) -> Callable[[TaskFunc | SyncTaskFunc | Task], Task]:
         """Declare a template whose instances are added with ``schedule_task``."""
-        return self._decorator(dynamic=True, **options)
+        return self._decorator(dynamic=True, **_unreserved(options))
 
     def partitioned_task(
         self,
@@ -135,7 +150,7 @@ class Pyncette:
             partition_count=partition_count,
             partition_selector=partition_selector,
             enabled_partitions=enabled_partitions if poll_partitions is None else poll_partitions,
-            **options,
+            **_unreserved(options),
         )
 
         def decorate(func: TaskFunc | SyncTaskFunc | Task) -> PartitionedTask:
@@ -223,7 +238,7 @@ class Pyncette:
             executor = self.executor_cls(
                 concurrency_limit=settings.concurrency_limit, **self.backend_options
             )
-            runner = adapt(executor, settings.batch_size)
+            runner = adapt(executor, min(settings.batch_size, settings.concurrency_limit))
             ctx = PyncetteContext(
                 self, repository, runner, settings, self._events, self._middlewares
             )

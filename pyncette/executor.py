@@ -105,7 +105,15 @@ class DefaultExecutor:
 
 
 class SynchronousExecutor(DefaultExecutor):
-    """Runs executions one at a time, in the poll loop itself."""
+    """Runs executions one at a time, in the poll loop itself.
+
+    It claims one row at a time too: rows claimed in a batch would wait in line for
+    the ones before them, and their leases could expire while they wait.
+    """
+
+    @property
+    def capacity(self) -> int:
+        return 0 if self._running else 1
 
     async def spawn(self, execution: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(execution)
@@ -127,13 +135,16 @@ class _SpawnTaskRunner:
     """Drives a Pyncette 1.x executor: it throttles inside ``spawn_task`` itself, so the
     loop claims at most a batch at a time and hands every execution over."""
 
-    def __init__(self, executor: Any, batch_size: int) -> None:
+    def __init__(self, executor: Any, claim_limit: int) -> None:
         self._executor = executor
-        self._batch_size = batch_size
+        self._claim_limit = claim_limit
 
     @property
     def capacity(self) -> int:
-        return self._batch_size
+        """At most ``concurrency_limit`` (and a batch) at a time: rows handed over
+        beyond what the executor runs at once would wait in ``spawn_task`` while their
+        leases run."""
+        return self._claim_limit
 
     async def spawn(self, execution: Coroutine[Any, Any, None]) -> None:
         await self._executor.spawn_task(execution)
@@ -145,7 +156,7 @@ class _SpawnTaskRunner:
         return None
 
 
-def adapt(executor: object, batch_size: int) -> Runner:
+def adapt(executor: object, claim_limit: int) -> Runner:
     """The :class:`Runner` for an executor built from ``executor_cls``.
 
     Executors of this module (and subclasses that keep their ``spawn``) run natively;
@@ -161,4 +172,4 @@ def adapt(executor: object, batch_size: int) -> Runner:
         )
     if not hasattr(executor, "__aenter__") or not hasattr(executor, "__aexit__"):
         raise ValueError(f"executor_cls built {executor!r}, which is not an async context manager")
-    return _SpawnTaskRunner(executor, batch_size)
+    return _SpawnTaskRunner(executor, claim_limit)

@@ -18,7 +18,7 @@ from pyncette.errors import TaskLockedException
 from pyncette.model import ContinuationToken, TaskPage, TaskState
 from pyncette.options import positive_int
 from pyncette.repository import Record, Registration, Repository
-from pyncette.task import STATIC_GROUP, Task
+from pyncette.task import STATIC_GROUP, Task, check_instance_name
 
 DueCallback = Callable[[str, datetime.datetime | None], None]
 
@@ -197,7 +197,7 @@ def _instance_key(task: Task, instance_name: str | None) -> tuple[Task, str]:
     template = dynamic_template(task)
     if instance_name is None:
         raise ValueError(f"{task.name!r} is a dynamic task: instance name must be provided")
-    return template, instance_name
+    return template, check_instance_name(instance_name)
 
 
 def _position(token: ContinuationToken) -> tuple[int, ContinuationToken | None]:

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 from pyncette.urls import mask_url
 
+MAX_SECONDS = 366 * 86400.0
+"""The longest app-level duration (poll interval) accepted: a year."""
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 
@@ -32,6 +34,8 @@ def positive_seconds(option: str, value: object) -> float:
         raise ValueError(f"{option} must be a timedelta or a number of seconds, got {value!r}")
     if not seconds > 0:
         raise ValueError(f"{option} must be positive, got {value!r}")
+    if seconds > MAX_SECONDS:
+        raise ValueError(f"{option} must be at most {MAX_SECONDS:.0f} s (a year), got {value!r}")
     return seconds
 
 

@@ -25,7 +25,12 @@ def parse_timezone(name: str) -> datetime.tzinfo:
             f"Invalid timezone specifier {name!r}: expected a timezone name such as "
             "'Europe/Dublin' or 'UTC+12'"
         )
-    zone = tz.gettz(name)
+    try:
+        zone = tz.gettz(name)
+    except Exception as exc:  # e.g. a path to a file that is not a zone file
+        raise ValueError(
+            f"Invalid timezone specifier {name!r}: dateutil.tz.gettz cannot read it ({exc})"
+        ) from None
     if zone is None:
         raise ValueError(
             f"Invalid timezone specifier {name!r}. Unknown timezone: "
@@ -57,6 +62,12 @@ def validate_cron(expression: str) -> None:
         valid = False
     if not valid:
         raise CroniterBadCronError(f"Invalid cron schedule {expression!r}")
+    try:
+        croniter(expression, datetime.datetime(2000, 1, 1)).get_next(datetime.datetime)
+    except Exception:  # croniter's CroniterBadDateError: a date that never comes
+        raise CroniterBadCronError(
+            f"Invalid cron schedule {expression!r}: it never matches a date"
+        ) from None
 
 
 @functools.lru_cache(maxsize=1024)

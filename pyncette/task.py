@@ -19,12 +19,32 @@ from pyncette.model import (
     SyncTaskFunc,
     TaskFunc,
 )
+from pyncette.options import boolean
 from pyncette.schedule import UTC, next_cron, parse_timezone, to_utc, validate_cron
 
 STATIC_GROUP = "__static__"
 """The repository group holding every static task of an app (a reserved task name)."""
 
 MAX_NAME_LENGTH = 255
+MAX_DURATION = datetime.timedelta(days=36500)
+"""The longest interval or lease a task may have (100 years)."""
+LATEST = datetime.datetime(2200, 1, 1, tzinfo=datetime.UTC)
+"""``execute_at`` must be sooner: every backend stores times before it exactly."""
+MAX_PARTITIONS = 10_000
+MAX_ARGUMENTS_BYTES = 350 * 1024
+"""The largest task arguments (as JSON) a task or instance may carry."""
+RESERVED_ARGUMENTS = frozenset(
+    {
+        "name",
+        "func",
+        "dynamic",
+        "parent_task",
+        "partition_count",
+        "partition_selector",
+        "enabled_partitions",
+    }
+)
+"""Keywords of ``Task`` itself, which cannot be task arguments."""
 _PROTOTYPE_CACHE_SIZE = 1024
 
 _SCHEDULE_KINDS = ("schedule", "interval", "execute_at")
@@ -66,16 +86,33 @@ def _check_name(kind: str, name: object) -> str:
         raise ValueError(f"Invalid {kind} name {name!r}: expected a non-empty string")
     if len(name) > MAX_NAME_LENGTH:
         raise ValueError(f"Invalid {kind} name: longer than {MAX_NAME_LENGTH} characters")
+    if "\x00" in name:
+        raise ValueError(f"Invalid {kind} name {name!r}: NUL characters cannot be stored")
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(
+            f"Invalid {kind} name {name!r}: not valid Unicode (a lone surrogate?)"
+        ) from None
     return name
+
+
+def check_instance_name(name: object) -> str:
+    """An instance name as every backend can store it; ``ValueError`` otherwise."""
+    return _check_name("instance", name)
 
 
 def _as_timedelta(option: str, value: object) -> datetime.timedelta:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value) or abs(value) > MAX_DURATION.total_seconds():
+            raise ValueError(f"Invalid {option} {value!r}: at most {MAX_DURATION.days} days")
         value = datetime.timedelta(seconds=value)
     if not isinstance(value, datetime.timedelta):
         raise ValueError(f"Invalid {option} {value!r}: expected a timedelta")
     if value <= datetime.timedelta(0):
         raise ValueError(f"Invalid {option} {value!r}: must be positive")
+    if value > MAX_DURATION:
+        raise ValueError(f"Invalid {option} {value!r}: at most {MAX_DURATION.days} days")
     return value
 
 
@@ -127,14 +164,19 @@ class Task:
         if execute_at is not None and not isinstance(execute_at, datetime.datetime):
             raise ValueError(f"Task {name!r}: execute_at must be a datetime, got {execute_at!r}")
         self.execute_at = to_utc(execute_at) if execute_at is not None else None
+        if self.execute_at is not None and self.execute_at >= LATEST:
+            raise ValueError(
+                f"Task {name!r}: execute_at {execute_at!r} is outside what every backend "
+                f"stores exactly (before {LATEST:%Y})"
+            )
         self.timezone = timezone
         self.execution_mode: ExecutionMode = _as_enum(
             "execution_mode", ExecutionMode, execution_mode
         )
         self.failure_mode: FailureMode = _as_enum("failure_mode", FailureMode, failure_mode)
         self.lease_duration = _as_timedelta("lease_duration", lease_duration)
-        self.fast_forward = bool(fast_forward)
-        self.enabled = bool(enabled)
+        self.fast_forward = boolean("fast_forward", fast_forward)
+        self.enabled = boolean("enabled", enabled)
         self.extra_args = extra_args
 
         # The checks run in Pyncette 1.x's order, so a definition with several problems
@@ -174,10 +216,19 @@ class Task:
             raise ValueError(f"Task {name!r}: {exc}") from None
         try:
             self._args_json = json.dumps(extra_args, sort_keys=True, allow_nan=False)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, RecursionError) as exc:
             raise ValueError(
                 f"Task {name!r}: Extra parameters must be JSON serializable ({exc})"
             ) from None
+        if len(self._args_json) > MAX_ARGUMENTS_BYTES:  # characters: a lower bound on bytes
+            raise ValueError(
+                f"Task {name!r}: arguments take {len(self._args_json)} characters as JSON; "
+                f"at most {MAX_ARGUMENTS_BYTES} bytes are allowed"
+            )
+        if len(self._args_json.encode()) > MAX_ARGUMENTS_BYTES:
+            raise ValueError(
+                f"Task {name!r}: arguments take more than {MAX_ARGUMENTS_BYTES} bytes as JSON"
+            )
 
     def _init_partitions(
         self,
@@ -198,6 +249,18 @@ class Task:
             raise ValueError(
                 f"Task {self.name!r}: Partition count must be greater than or equal to 1 "
                 f"(got partition_count={partition_count})"
+            )
+        if partition_count > MAX_PARTITIONS:
+            raise ValueError(
+                f"Task {self.name!r}: partition_count is at most {MAX_PARTITIONS} "
+                f"(got {partition_count})"
+            )
+        longest_group = len(self.name) + 1 + len(str(partition_count - 1))
+        if longest_group > MAX_NAME_LENGTH:
+            raise ValueError(
+                f"Task {self.name!r}: the name is too long for a partitioned task: its "
+                f"partitions are stored as '<name>:<partition>', at most {MAX_NAME_LENGTH} "
+                "characters"
             )
         enabled_list = (
             list(range(partition_count)) if enabled_partitions is None else list(enabled_partitions)
@@ -366,6 +429,10 @@ class Task:
         for key, value in overrides.items():
             if key == "enabled":
                 raise ValueError("enabled cannot be set on a dynamic task instance")
+            if key in RESERVED_ARGUMENTS:
+                raise ValueError(
+                    f"Task {instance_name!r}: {key!r} is reserved and cannot be an argument"
+                )
             if key in _OPTION_NAMES:
                 options[key] = value
             else:

@@ -157,7 +157,10 @@ class Caller:
                 self._translate(exc)
                 raise  # to be retried, or let through as it is
             except CREDENTIAL_ERRORS as exc:
-                raise BackendUnavailableError(f"DynamoDB {self.where}: {exc}") from exc
+                # botocore's messages may quote the endpoint URL, credentials and all
+                raise BackendUnavailableError(
+                    f"DynamoDB {self.where}: {type(exc).__name__}"
+                ) from None
 
         try:
             return await retry.retry(
@@ -177,7 +180,9 @@ class Caller:
                 f"DynamoDB {self.where}: {code} after {tries} attempts"
             ) from exc
         except CONNECTION_ERRORS as exc:
-            raise BackendUnavailableError(f"Cannot reach DynamoDB {self.where}: {exc}") from exc
+            raise BackendUnavailableError(
+                f"Cannot reach DynamoDB {self.where}: {type(exc).__name__}"
+            ) from None
 
     def _translate(self, exc: bex.ClientError) -> None:
         """Raise what a refusal means to pyncette; return if it stays a ``ClientError``
@@ -203,7 +208,7 @@ class Caller:
         if isinstance(error, bex.ClientError):
             what = error.response.get("Error", {}).get("Code", "")
         else:
-            what = f"unreachable ({error})"
+            what = f"unreachable ({type(error).__name__})"
         logger.debug("DynamoDB %s: %s; retry %d in %.3f s", self.where, what, attempt, delay)
 
 

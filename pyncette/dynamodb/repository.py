@@ -49,6 +49,8 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
+MAX_ROW_BYTES = 380_000
+"""Name and spec of one row, leaving room in DynamoDB's 400 KB item for the rest."""
 
 MAX_WRITE_ATTEMPTS = 10
 """Read-modify-write rounds (register, unlock) before giving up under contention."""
@@ -315,6 +317,13 @@ class DynamoDBRepository(Repository):
     ) -> list[str]:
         if not registrations:
             return []
+        for registration in registrations:
+            size = len(registration.name.encode()) + len((registration.spec or "").encode())
+            if size > MAX_ROW_BYTES:
+                raise ValueError(
+                    f"Task {registration.name!r} is too large for DynamoDB: its name and spec "
+                    f"take {size} bytes, and an item is at most 400 KB"
+                )
         partition_id = self._partition(group)
         # Rows are written concurrently, so a name given twice is folded into one write
         # first: the later registration, keeping the sooner run unless forced.

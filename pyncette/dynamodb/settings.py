@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import re
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from pyncette.options import boolean, matching, url
 from pyncette.repository import check_options
+from pyncette.urls import mask_url
 
 DEFAULT_TABLE_NAME = "pyncette"
 DEFAULT_PARTITION_PREFIX = "pyncette"
@@ -65,10 +67,20 @@ class DynamoDBSettings:
             else matching(
                 "dynamodb_region_name", region, _REGION, "a region name such as 'eu-west-1'"
             ),
-            endpoint=None
-            if endpoint is None
-            else url("dynamodb_endpoint", endpoint, schemes=("http", "https"), host=True),
+            endpoint=None if endpoint is None else _endpoint(endpoint),
             skip_table_create=boolean(
                 "dynamodb_skip_table_create", options.get("dynamodb_skip_table_create", False)
             ),
         )
+
+
+def _endpoint(value: object) -> str:
+    endpoint = url("dynamodb_endpoint", value, schemes=("http", "https"), host=True)
+    parts = urllib.parse.urlsplit(endpoint)
+    if parts.username is not None or parts.password is not None:
+        # boto3 would quote it, password and all, in its own errors and debug logs
+        raise ValueError(
+            f"dynamodb_endpoint must not contain a user or password, got {mask_url(endpoint)}; "
+            "AWS credentials come from the environment or ~/.aws"
+        )
+    return endpoint

@@ -1,0 +1,314 @@
+"""``pyncette tasks``: read and change the stored tasks of an app, without running it."""
+
+from __future__ import annotations
+
+import datetime
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import click
+from rich.table import Table
+
+from pyncette.app import Pyncette
+from pyncette.cli.common import CommandFailed, app_argument, console, run_async
+from pyncette.cli.loading import APP_HELP, load_app
+from pyncette.context import PyncetteContext
+from pyncette.errors import TaskLockedException
+from pyncette.model import TaskState
+from pyncette.task import Task
+
+
+@click.group()
+def tasks() -> None:
+    """Read and change an app's stored tasks.
+
+    These commands open the app's backend (as `app.create()` does, fixtures included)
+    but never run the app. APP is as for `pyncette run`.
+    """
+
+
+@asynccontextmanager
+async def _opened(app: Pyncette) -> AsyncIterator[PyncetteContext]:
+    async with app.create() as ctx:
+        yield ctx
+
+
+def _task(app: Pyncette, name: str) -> Task:
+    task = app.tasks.get(name)
+    if task is None:
+        defined = ", ".join(sorted(app.tasks)) or "none"
+        raise CommandFailed(f"No task {name!r} in the app (its tasks: {defined})")
+    return task
+
+
+def _kind(task: Task) -> str:
+    template = task.template
+    if template.partition_count is not None:
+        return "partitioned"
+    return "dynamic" if template.dynamic else "static"
+
+
+def _time(value: datetime.datetime | None) -> str | None:
+    return value.astimezone(datetime.UTC).isoformat() if value is not None else None
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One stored task or instance as the commands print it."""
+
+    task: str
+    instance: str | None
+    kind: str
+    scheduled_at: datetime.datetime | None
+    locked_until: datetime.datetime | None
+    locked_by: str | None
+
+    @classmethod
+    def of(cls, task: Task, state: TaskState | None) -> Row:
+        instance = state.task.name if state is not None and state.task.is_instance else None
+        return cls(
+            task=task.template.name,
+            instance=instance,
+            kind=_kind(task),
+            scheduled_at=state.scheduled_at if state is not None else None,
+            locked_until=state.locked_until if state is not None else None,
+            locked_by=state.locked_by if state is not None else None,
+        )
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "task": self.task,
+            "instance": self.instance,
+            "kind": self.kind,
+            "scheduled_at": _time(self.scheduled_at),
+            "locked_until": _time(self.locked_until),
+            "locked_by": self.locked_by,
+        }
+
+
+async def _rows(ctx: PyncetteContext, task: Task, limit: int | None) -> list[Row]:
+    if not task.dynamic:
+        return [Row.of(task, await ctx.get_task(task))]
+    rows: list[Row] = []
+    token = None
+    while limit is None or len(rows) < limit:
+        page = await ctx.list_tasks(
+            task, limit=None if limit is None else limit - len(rows), continuation_token=token
+        )
+        rows += [Row.of(task, state) for state in page]
+        token = page.continuation_token
+        if token is None:
+            break
+    return rows
+
+
+def _print_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, ensure_ascii=False))
+
+
+def _shown(value: datetime.datetime | None) -> str:
+    if value is None:
+        return "-"
+    return value.astimezone(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+@tasks.command("list", epilog=APP_HELP)
+@app_argument()
+@click.argument("task", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=None,
+    help="At most this many instances of each dynamic task (default: all).",
+)
+def list_command(app: str, task: str | None, as_json: bool, limit: int | None) -> None:
+    """List static tasks and dynamic task instances: next run, lease holder and expiry.
+
+    Without TASK, every task of the app; with TASK, that static task or the instances
+    of that dynamic task. Times are UTC.
+    """
+    pyncette = load_app(app)
+    selected = [_task(pyncette, task)] if task is not None else list(pyncette.tasks.values())
+
+    async def collect() -> list[Row]:
+        async with _opened(pyncette) as ctx:
+            rows: list[Row] = []
+            for each in selected:
+                rows += await _rows(ctx, each, limit)
+            return rows
+
+    rows = run_async(collect())
+    if as_json:
+        _print_json([row.as_json() for row in rows])
+        return
+    if not rows:
+        click.echo("No stored tasks.")
+        return
+    table = Table("Task", "Instance", "Kind", "Next run", "Locked by", "Lock expires")
+    for row in rows:
+        table.add_row(
+            row.task,
+            row.instance or "-",
+            row.kind,
+            _shown(row.scheduled_at) if row.scheduled_at is not None else "not stored",
+            row.locked_by or "-",
+            _shown(row.locked_until),
+        )
+    console().print(table)
+
+
+def _definition(task: Task) -> dict[str, Any]:
+    """What the app (or the stored spec of an instance) says about ``task``."""
+    template = task.template
+    described: dict[str, Any] = {
+        "task": template.name,
+        "instance": task.name if task.is_instance else None,
+        "kind": _kind(task),
+        "schedule": task.schedule,
+        "interval": task.interval.total_seconds() if task.interval is not None else None,
+        "execute_at": _time(task.execute_at),
+        "timezone": task.timezone,
+        "execution_mode": task.execution_mode.name,
+        "failure_mode": task.failure_mode.name,
+        "lease_duration": task.lease_duration.total_seconds(),
+        "fast_forward": task.fast_forward,
+        "args": dict(task.extra_args),
+    }
+    if not task.dynamic and not task.is_instance:
+        described["enabled"] = task.enabled
+    if template.partition_count is not None:
+        if task.is_instance:
+            described["partition"] = template.partition_for(task.name)
+        else:
+            described["partition_count"] = template.partition_count
+    return described
+
+
+def _state(state: TaskState | None) -> dict[str, Any]:
+    return {
+        "stored": state is not None,
+        "scheduled_at": _time(state.scheduled_at) if state is not None else None,
+        "locked_until": _time(state.locked_until) if state is not None else None,
+        "locked_by": state.locked_by if state is not None else None,
+    }
+
+
+def _instance_name(task: Task, instance: str | None, command: str) -> str | None:
+    """Check that INSTANCE is given exactly for dynamic tasks (a usage error otherwise)."""
+    if task.dynamic and instance is None and command != "show":
+        raise click.UsageError(f"{task.name!r} is a dynamic task: give the INSTANCE name")
+    if not task.dynamic and instance is not None:
+        raise click.UsageError(f"{task.name!r} is a static task: it has no instances")
+    return instance
+
+
+@tasks.command("show", epilog=APP_HELP)
+@app_argument()
+@click.argument("task")
+@click.argument("instance", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def show_command(app: str, task: str, instance: str | None, as_json: bool) -> None:
+    """Show a task's definition and stored state.
+
+    TASK is a static task, or a dynamic task with the INSTANCE name (an instance's
+    definition is read from what `schedule_task` stored). A dynamic task without
+    INSTANCE shows its template. Exit status 1 when there is no such task or instance.
+    """
+    pyncette = load_app(app)
+    target = _task(pyncette, task)
+    _instance_name(target, instance, "show")
+
+    async def read() -> dict[str, Any]:
+        if target.dynamic and instance is None:
+            return _definition(target)
+        async with _opened(pyncette) as ctx:
+            state = await ctx.get_task(target, instance)
+        if state is None and instance is not None:
+            raise CommandFailed(f"No instance {instance!r} of {task!r} is stored")
+        return {**_definition(state.task if state is not None else target), **_state(state)}
+
+    described = run_async(read())
+    if as_json:
+        _print_json(described)
+        return
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    for key, value in described.items():
+        grid.add_row(key, _shown_value(key, value))
+    console().print(grid)
+
+
+def _shown_value(key: str, value: Any) -> str:
+    if value is None:
+        return "-"
+    if key in ("interval", "lease_duration"):
+        return str(datetime.timedelta(seconds=value))
+    if isinstance(value, (dict, list, bool)):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
+
+
+@tasks.command("trigger", epilog=APP_HELP)
+@app_argument()
+@click.argument("task")
+@click.argument("instance", required=False)
+def trigger_command(app: str, task: str, instance: str | None) -> None:
+    """Run a task as soon as possible: set its next run to now (`trigger_task`).
+
+    TASK is a static task, or a dynamic task with the INSTANCE name. The runs after it
+    follow from there. A running task (one holding a lease) is not changed: exit status
+    1, try again once it has finished.
+    """
+    pyncette = load_app(app)
+    target = _task(pyncette, task)
+    name = _instance_name(target, instance, "trigger")
+
+    async def trigger() -> datetime.datetime:
+        async with _opened(pyncette) as ctx:
+            state = await ctx.get_task(target, name)
+            if state is None:
+                raise CommandFailed(f"{_label(task, name)} is not stored")
+            now = ctx.clock.now()
+            try:
+                await ctx.trigger_task(target, name)
+            except TaskLockedException:
+                raise CommandFailed(
+                    f"{_label(task, name)} is running now (lease until "
+                    f"{_shown(state.locked_until)}); trigger it again once it has finished"
+                ) from None
+            return now
+
+    now = run_async(trigger())
+    click.echo(f"{_label(task, name)}: next run set to {_shown(now)}")
+
+
+def _label(task: str, instance: str | None) -> str:
+    return f"Instance {instance!r} of {task!r}" if instance is not None else f"Task {task!r}"
+
+
+@tasks.command("unschedule", epilog=APP_HELP)
+@app_argument()
+@click.argument("task")
+@click.argument("instance")
+def unschedule_command(app: str, task: str, instance: str) -> None:
+    """Remove an instance of a dynamic task (`unschedule_task`).
+
+    Exit status 1 when there is no such instance.
+    """
+    pyncette = load_app(app)
+    target = _task(pyncette, task)
+    _instance_name(target, instance, "unschedule")
+
+    async def unschedule() -> None:
+        async with _opened(pyncette) as ctx:
+            if await ctx.get_task(target, instance) is None:
+                raise CommandFailed(f"{_label(task, instance)} is not stored")
+            await ctx.unschedule_task(target, instance)
+
+    run_async(unschedule())
+    click.echo(f"{_label(task, instance)}: unscheduled")
