@@ -43,9 +43,11 @@ def _unreserved(options: dict[str, Any]) -> dict[str, Any]:
     return options
 
 
-def _default_repository_factory(
+def default_repository_factory(
     **options: Any,
 ) -> contextlib.AbstractAsyncContextManager[Repository]:
+    """The backend of an app given no ``repository_factory``: SQLite, in memory unless
+    ``sqlite_database`` names a file (imported only when the app starts)."""
     from pyncette.sqlite import sqlite_repository
 
     return sqlite_repository(**options)
@@ -73,7 +75,7 @@ class Pyncette:
         **backend_options: Any,
     ) -> None:
         self.repository_factory: RepositoryFactory = (
-            repository_factory or _default_repository_factory
+            repository_factory or default_repository_factory
         )
         self.executor_cls = executor_cls
         self.poll_interval = poll_interval
@@ -217,14 +219,15 @@ class Pyncette:
 
     @contextlib.asynccontextmanager
     async def create(
-        self, context_items: Mapping[str, Any] | None = None
+        self, context_items: Mapping[str, Any] | None = None, *, fixtures: bool = True
     ) -> AsyncIterator[PyncetteContext]:
         """Validate the options, connect to the backend, set up fixtures and yield a
         :class:`PyncetteContext`.
 
         On exit: stop polling; wait for running executions (or cancel them when the
         block is left by ``CancelledError``); store their outcome; tear fixtures down in
-        reverse order; close the backend.
+        reverse order; close the backend. With ``fixtures=False`` no fixture is set up:
+        for tools that read or change stored tasks without running the app.
         """
         settings = AppSettings.from_options(
             poll_interval=self.poll_interval,
@@ -245,7 +248,7 @@ class Pyncette:
             for name, value in (context_items or {}).items():
                 ctx.add_to_context(name, value)
             await ctx.start()
-            for name, func in self._fixtures:
+            for name, func in self._fixtures if fixtures else ():
                 fixture = contextlib.asynccontextmanager(func)(ctx)
                 ctx.add_to_context(name, await stack.enter_async_context(fixture))
             stack.push_async_callback(ctx.drain)

@@ -235,6 +235,7 @@ def _metered_factory(
         async with repository_factory(**options) as repository:
             yield _MeteredRepository(repository, task_name_of)
 
+    metered.__wrapped__ = repository_factory  # type: ignore[attr-defined]  # what it wraps
     return metered
 
 

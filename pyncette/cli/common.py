@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -11,11 +12,12 @@ from rich.console import Console
 
 from pyncette.errors import PyncetteException
 
+_SQLALCHEMY_LINK = re.compile(r" ?\(Background on this error at: [^)]*\)")
+"""The link SQLAlchemy appends to its errors' text."""
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_FAILURE = 1
-EXIT_USAGE = 2
 
 
 class CommandFailed(click.ClickException):
@@ -27,7 +29,7 @@ class CommandFailed(click.ClickException):
 def describe(error: BaseException) -> str:
     """``error`` as one line: its message for pyncette's own errors and ``ValueError``
     (which name the problem), else prefixed with the exception's type."""
-    message = " ".join(str(error).split())
+    message = _SQLALCHEMY_LINK.sub("", " ".join(str(error).split()))
     if isinstance(error, (PyncetteException, ValueError)) and message:
         return message
     kind = type(error).__name__

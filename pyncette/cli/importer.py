@@ -75,7 +75,7 @@ def import_1x(app: str, as_json: bool, **options: Any) -> None:
     pyncette = load_app(app)
 
     async def run() -> legacy.ImportResult:
-        async with pyncette.create() as ctx:
+        async with pyncette.create(fixtures=False) as ctx:
             if source == "sql":
                 return await legacy.import_pyncette1_sql(
                     ctx, options["sql_url"], table=options["sql_table"] or legacy.DEFAULT_TABLE

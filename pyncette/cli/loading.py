@@ -106,11 +106,11 @@ def sql_backend_of(app: Pyncette) -> str | None:
     """``"sqlite"``, ``"postgres"`` or ``"mysql"`` when the app uses that built-in SQL
     backend (the default in-memory/SQLite one counts as ``"sqlite"``); else ``None``."""
     from pyncette import mysql, postgres, sqlite
-    from pyncette.app import _default_repository_factory
+    from pyncette.app import default_repository_factory
 
     known = {
         id(sqlite.sqlite_repository): "sqlite",
-        id(_default_repository_factory): "sqlite",
+        id(default_repository_factory): "sqlite",
         id(postgres.postgres_repository): "postgres",
         id(mysql.mysql_repository): "mysql",
     }

@@ -44,8 +44,9 @@ def run(ctx: click.Context, app: str, log_level: str | None, workers: int) -> No
 
     The first signal stops polling and waits for running executions; a second one
     exits at once (status 1). With --workers N, N processes run the app; this one
-    passes each signal on to all of them, and when one exits unasked, stops the rest.
-    The exit status is 1 if any worker failed.
+    passes each signal on to all of them, and when one exits unasked, stops the rest
+    (workers also stop if this process is killed). The exit status is 1 if any worker
+    failed.
     """
     pyncette = load_app(app)
     if log_level is not None:

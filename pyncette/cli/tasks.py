@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import datetime
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import click
 from rich.table import Table
+from rich.text import Text
 
 from pyncette.app import Pyncette
 from pyncette.cli.common import CommandFailed, app_argument, console, run_async
@@ -25,15 +24,10 @@ from pyncette.task import Task
 def tasks() -> None:
     """Read and change an app's stored tasks.
 
-    These commands open the app's backend (as `app.create()` does, fixtures included)
+    These commands open the app's backend (as `app.create()` does, without its fixtures,
+    so an app's health or metrics server does not clash with the running app's)
     but never run the app. APP is as for `pyncette run`.
     """
-
-
-@asynccontextmanager
-async def _opened(app: Pyncette) -> AsyncIterator[PyncetteContext]:
-    async with app.create() as ctx:
-        yield ctx
 
 
 def _task(app: Pyncette, name: str) -> Task:
@@ -135,7 +129,7 @@ def list_command(app: str, task: str | None, as_json: bool, limit: int | None) -
     selected = [_task(pyncette, task)] if task is not None else list(pyncette.tasks.values())
 
     async def collect() -> list[Row]:
-        async with _opened(pyncette) as ctx:
+        async with pyncette.create(fixtures=False) as ctx:
             rows: list[Row] = []
             for each in selected:
                 rows += await _rows(ctx, each, limit)
@@ -150,7 +144,7 @@ def list_command(app: str, task: str | None, as_json: bool, limit: int | None) -
         return
     table = Table("Task", "Instance", "Kind", "Next run", "Locked by", "Lock expires")
     for row in rows:
-        table.add_row(
+        cells = (
             row.task,
             row.instance or "-",
             row.kind,
@@ -158,6 +152,7 @@ def list_command(app: str, task: str | None, as_json: bool, limit: int | None) -
             row.locked_by or "-",
             _shown(row.locked_until),
         )
+        table.add_row(*(Text(cell) for cell in cells))  # names are data, not markup
     console().print(table)
 
 
@@ -225,7 +220,7 @@ def show_command(app: str, task: str, instance: str | None, as_json: bool) -> No
     async def read() -> dict[str, Any]:
         if target.dynamic and instance is None:
             return _definition(target)
-        async with _opened(pyncette) as ctx:
+        async with pyncette.create(fixtures=False) as ctx:
             state = await ctx.get_task(target, instance)
         if state is None and instance is not None:
             raise CommandFailed(f"No instance {instance!r} of {task!r} is stored")
@@ -239,7 +234,7 @@ def show_command(app: str, task: str, instance: str | None, as_json: bool) -> No
     grid.add_column(style="bold")
     grid.add_column()
     for key, value in described.items():
-        grid.add_row(key, _shown_value(key, value))
+        grid.add_row(key, Text(_shown_value(key, value)))
     console().print(grid)
 
 
@@ -269,7 +264,7 @@ def trigger_command(app: str, task: str, instance: str | None) -> None:
     name = _instance_name(target, instance, "trigger")
 
     async def trigger() -> datetime.datetime:
-        async with _opened(pyncette) as ctx:
+        async with pyncette.create(fixtures=False) as ctx:
             state = await ctx.get_task(target, name)
             if state is None:
                 raise CommandFailed(f"{_label(task, name)} is not stored")
@@ -305,7 +300,7 @@ def unschedule_command(app: str, task: str, instance: str) -> None:
     _instance_name(target, instance, "unschedule")
 
     async def unschedule() -> None:
-        async with _opened(pyncette) as ctx:
+        async with pyncette.create(fixtures=False) as ctx:
             if await ctx.get_task(target, instance) is None:
                 raise CommandFailed(f"{_label(task, instance)} is not stored")
             await ctx.unschedule_task(target, instance)

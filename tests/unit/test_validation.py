@@ -151,3 +151,20 @@ def test_dynamic_task_names_must_not_share_a_partitions_storage() -> None:
     app.dynamic_task(name="x:0")(noop)
     with pytest.raises(ValueError, match="clashes with 'x:0'"):
         app.partitioned_task(partition_count=2, name="x")(noop)
+
+
+@pytest.mark.anyio
+async def test_create_without_fixtures_sets_none_up() -> None:
+    app = Pyncette(repository_factory=memory_repository)
+    started: list[str] = []
+
+    @app.fixture()
+    async def server(app_context: PyncetteContext) -> AsyncIterator[str]:
+        started.append("server")
+        yield "listening"
+
+    async with app.create(fixtures=False) as ctx:
+        assert not hasattr(ctx, "server")
+    async with app.create() as ctx:
+        assert ctx.server == "listening"
+    assert started == ["server"]
