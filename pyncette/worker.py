@@ -229,7 +229,8 @@ class Worker:
             if task.execution_mode is ExecutionMode.AT_MOST_ONCE:
                 at_most_once.append((task, row))
                 continue
-            if abs(row.locked_until - now - task.lease_duration) > LEASE_TOLERANCE:
+            expected = now + task.lease_duration
+            if row.locked_until != expected and abs(row.locked_until - expected) > LEASE_TOLERANCE:
                 # stored with another lease length (imported, or the task changed since):
                 # hold it for the task's own lease from the start
                 await self._extend(row, row.lease, now + task.lease_duration)
@@ -293,7 +294,8 @@ class Worker:
             items=self._items,
         )
         events = self._events
-        started = time.perf_counter()
+        timed = events.active or logger.isEnabledFor(logging.INFO)
+        started = time.perf_counter() if timed else 0.0
         started_at = self._clock.now() if events.active else row.scheduled_at
         if events.active:
             events.emit(ExecutionStarted(task, row.scheduled_at, started_at))
@@ -322,7 +324,7 @@ class Worker:
                 await self._release(row, context.lease)
                 return
         else:
-            duration = time.perf_counter() - started
+            duration = time.perf_counter() - started if timed else 0.0
             if events.active:
                 events.emit(ExecutionFinished(task, row.scheduled_at, started_at, duration))
             if logger.isEnabledFor(logging.INFO):
