@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime
 import enum
-import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -105,7 +104,7 @@ class Context:
     """When this run was due, in the task's timezone (UTC when it has none)."""
     args: dict[str, Any]
     _lease: Lease | None = None
-    _heartbeater: Heartbeater | None = None
+    _heartbeater: Callable[[Context], Awaitable[None]] | None = None
     _items: Mapping[str, Any] = MappingProxyType({})
 
     @classmethod
@@ -127,7 +126,7 @@ class Context:
         context.scheduled_at = scheduled_at
         context.args = dict(task.extra_args)
         context._lease = lease
-        context._heartbeater = functools.partial(heartbeat, context)
+        context._heartbeater = heartbeat
         context._items = items
         return context
 
@@ -149,7 +148,7 @@ class Context:
         """
         if self._heartbeater is None:
             raise RuntimeError("heartbeat() is only available while the task is executing")
-        await self._heartbeater()
+        await self._heartbeater(self)
 
     if TYPE_CHECKING:  # middlewares may set attributes of their own; this lets them type-check
 

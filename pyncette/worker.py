@@ -294,10 +294,11 @@ class Worker:
             items=self._items,
         )
         events = self._events
-        timed = events.active or logger.isEnabledFor(logging.INFO)
+        observed = events.active
+        timed = observed or logger.isEnabledFor(logging.INFO)
         started = time.perf_counter() if timed else 0.0
-        started_at = self._clock.now() if events.active else row.scheduled_at
-        if events.active:
+        started_at = self._clock.now() if observed else row.scheduled_at
+        if observed:
             events.emit(ExecutionStarted(task, row.scheduled_at, started_at))
         try:
             await self._invoke(context)
@@ -312,7 +313,7 @@ class Worker:
             raise
         except Exception as error:
             logger.exception("Execution of %s failed", task)
-            if events.active:
+            if observed:
                 duration = time.perf_counter() - started
                 events.emit(ExecutionFailed(task, row.scheduled_at, started_at, duration, error))
             if at_most_once or task.failure_mode is FailureMode.NONE:
@@ -325,7 +326,7 @@ class Worker:
                 return
         else:
             duration = time.perf_counter() - started if timed else 0.0
-            if events.active:
+            if observed:
                 events.emit(ExecutionFinished(task, row.scheduled_at, started_at, duration))
             if logger.isEnabledFor(logging.INFO):
                 logger.info(
