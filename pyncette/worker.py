@@ -295,7 +295,8 @@ class Worker:
         )
         events = self._events
         observed = events.active
-        timed = observed or logger.isEnabledFor(logging.INFO)
+        logged = logger.isEnabledFor(logging.INFO)
+        timed = observed or logged
         started = time.perf_counter() if timed else 0.0
         started_at = self._clock.now() if observed else row.scheduled_at
         if observed:
@@ -328,7 +329,7 @@ class Worker:
             duration = time.perf_counter() - started if timed else 0.0
             if observed:
                 events.emit(ExecutionFinished(task, row.scheduled_at, started_at, duration))
-            if logger.isEnabledFor(logging.INFO):
+            if logged:
                 logger.info(
                     "Executed %s (scheduled at %s) in %.3f s",
                     task,
@@ -343,11 +344,12 @@ class Worker:
                 )
         if at_most_once:
             return
-        if context.lease is None:
+        lease = context.lease
+        if lease is None:
             logger.warning("Lease on %s was lost; not committing", task)
             return
         next_at = task.next_run(row.scheduled_at, self._clock.now())
-        self._commits.submit(row.group, Commit(row.name, context.lease, next_at))
+        self._commits.submit(row.group, Commit(row.name, lease, next_at))
 
     def _invoke(self, context: Context) -> Awaitable[None]:
         middlewares = self._middlewares
