@@ -86,3 +86,33 @@ async def real_sleep(seconds: float) -> None:
 def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
+
+
+_real_timeout = asyncio.timeout  # taken at import, before any test harness patches asyncio
+
+
+class CallTimer:
+    """Times the loop's own repository calls and gives up on those that take too long.
+
+    With an injected :class:`Clock`, in that clock's time (a test clock is consistent
+    with itself). With :class:`DefaultClock`, in the event loop's real time, whatever a
+    test harness patched: a harness written for Pyncette 1.x moves its virtual time in
+    its own ``asyncio.sleep`` and ``asyncio.wait_for``, which must not fire timeouts on
+    real I/O; in production both are the same clock anyway.
+    """
+
+    def __init__(self, clock: Clock) -> None:
+        self._virtual: Clock | None = None if isinstance(clock, DefaultClock) else clock
+
+    def reading(self) -> float:
+        """Seconds on this timer's clock (only differences mean anything)."""
+        if self._virtual is not None:
+            return self._virtual.now().timestamp()
+        return asyncio.get_running_loop().time()
+
+    async def bounded(self, awaitable: Awaitable[T], timeout: float) -> T:  # noqa: ASYNC109
+        """Await ``awaitable``; cancel it and raise ``TimeoutError`` after ``timeout`` s."""
+        if self._virtual is not None:
+            return await self._virtual.wait_for(awaitable, timeout)
+        async with _real_timeout(timeout):
+            return await awaitable

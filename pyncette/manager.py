@@ -58,12 +58,46 @@ class TaskManager:
         return await self._repository.register(group, rows, now=self._clock.now(), force=force)
 
     async def register_static(self, tasks: Iterable[Task]) -> None:
-        """Create the rows of static tasks that have none (existing rows keep their
-        schedule unless the new first run is sooner)."""
+        """Create the rows of static tasks that have none, and refresh the others.
+
+        A missing row starts at the task's first run after now. An existing row keeps
+        its run: another instance may commit that first run while this registration is
+        on its way, and the repository's ``min(stored, new)`` would then run it again.
+        So for an existing row the proposed run is the first one after
+        ``now + lease_duration`` -- later than any run an instance can have committed
+        by the time the registration lands (if it lands within a lease, clock skew
+        included) -- which only takes effect when the stored run is later still, i.e.
+        when the schedule changed to a sooner one.
+        """
+        tasks = list(tasks)
+        if not tasks:
+            return
+        stored = await self._names(STATIC_GROUP)
         now = self._clock.now()
-        rows = [Registration(t.name, None, t.initial_run(now), t.lease_duration) for t in tasks]
+        rows = [
+            Registration(
+                t.name,
+                None,
+                t.initial_run(now + t.lease_duration if t.name in stored else now),
+                t.lease_duration,
+            )
+            for t in tasks
+        ]
         for chunk in chunks(rows, self._batch_size):
             await self._repository.register(STATIC_GROUP, list(chunk), now=now, force=False)
+
+    async def _names(self, group: str) -> set[str]:
+        """The names of every row stored in ``group``."""
+        names: set[str] = set()
+        token: ContinuationToken | None = None
+        while True:
+            page = await self._repository.list(
+                group, limit=self._batch_size, continuation_token=token
+            )
+            names.update(record.name for record in page.records)
+            token = page.continuation_token
+            if token is None:
+                return names
 
     async def schedule_task(
         self, task: Task, instance_name: str, force: bool, options: dict[str, Any]

@@ -16,13 +16,13 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import anyio.to_thread
 
 from pyncette import retry
 from pyncette.batching import CommitBatcher
-from pyncette.clock import Clock, yield_to_loop
+from pyncette.clock import CallTimer, Clock, yield_to_loop
 from pyncette.errors import LeaseLostException
 from pyncette.events import (
     EventBus,
@@ -36,15 +36,18 @@ from pyncette.events import (
 from pyncette.executor import Runner
 from pyncette.model import Context, ExecutionMode, FailureMode, Lease, MiddlewareFunc
 from pyncette.options import AppSettings
-from pyncette.repository import Commit, Record, Repository
+from pyncette.repository import ClaimResult, Commit, Record, Repository
 from pyncette.task import STATIC_GROUP, Task, is_async_callable
 
 if TYPE_CHECKING:
     from pyncette.context import PyncetteContext
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 LEASE_TOLERANCE = datetime.timedelta(seconds=1)
 """A claimed lease this far off the task's lease_duration is extended to match it."""
+MIN_CALL_TIMEOUT = 1.0
+"""Seconds a repository call of the loop may take at the least (see :meth:`Worker.poll`)."""
 
 
 class Claimed(NamedTuple):
@@ -84,6 +87,7 @@ class Worker:
         self._repository = repository
         self._runner = runner
         self._clock = clock
+        self._timer = CallTimer(clock)
         self._settings = settings
         self._events = events
         self._middlewares = middlewares
@@ -91,12 +95,15 @@ class Worker:
         self._static: dict[str, Task] = {}
         self._targets: list[tuple[str, Task | None]] = []
         self._polled: set[str] = set()
+        self._timeouts: dict[str, float] = {}
+        self._claiming: asyncio.Future[ClaimResult] | None = None
         self._wake = asyncio.Event()
         self._wake_at: datetime.datetime | None = None
         self._hint: datetime.datetime | None = None
         self._stopping = False
         self._commits = CommitBatcher(self._commit)
         self._background_tasks: set[asyncio.Future[None]] = set()
+        self._beat = self._heartbeat  # one bound method for every execution
         self.last_tick: datetime.datetime | None = None
 
     # -- what is polled ---------------------------------------------------------------
@@ -110,6 +117,14 @@ class Worker:
             if task.dynamic and task.enabled:
                 self._targets.extend((group, task) for group in task.groups())
         self._polled = {group for group, _ in self._targets}
+        # A call of the loop that takes longer than half the group's shortest lease is
+        # abandoned: whatever it claimed could no longer be trusted (see _trusted).
+        if self._static:
+            shortest = min(t.lease_duration for t in self._static.values())
+            self._timeouts[STATIC_GROUP] = _half(shortest)
+        for group, template in self._targets:
+            if template is not None:
+                self._timeouts[group] = _half(template.lease_duration)
 
     @property
     def static_tasks(self) -> list[Task]:
@@ -179,6 +194,8 @@ class Worker:
         self._stopping = True
         self._wake.set()
         self._runner.wake()
+        if self._claiming is not None:  # do not wait for a claim that may never answer
+            self._claiming.cancel()
 
     async def drain(self) -> None:
         """Wait for commits in flight and background releases (after the executions)."""
@@ -203,19 +220,57 @@ class Worker:
                     break
                 now = self._clock.now()
             limit = min(self._settings.batch_size, runner.capacity)
-            lease = Lease(uuid.uuid4().hex)
-            result = await self._repository.claim(group, now=now, limit=limit, lease=lease)
+            now = self._clock.now()  # each group's leases count from its own claim
+            sent = self._timer.reading()
+            result = await self._claim(group, now, limit)
+            if result is None:  # shutdown() while the claim was on its way
+                break
             if result.records:
                 rows = [Claimed.of(group, record) for record in result.records]
+                # a run that neither commits nor unlocks is claimable again at its expiry
+                expiry = min(row.locked_until for row in rows)
+                wake_at = min(wake_at, expiry)
+                elapsed = self._timer.reading() - sent
+                if elapsed * 2 >= (expiry - now).total_seconds():
+                    rows = _trusted(rows, now, elapsed)
                 claimed += len(rows)
                 await self._dispatch(template, rows, now)
-                # a run that neither commits nor unlocks is claimable again at its expiry
-                wake_at = min(wake_at, min(row.locked_until for row in rows))
             if len(result.records) >= limit:
                 more = True
             elif result.next_due_at is not None and result.next_due_at < wake_at:
                 wake_at = result.next_due_at
         return wake_at, more, claimed
+
+    async def _claim(self, group: str, now: datetime.datetime, limit: int) -> ClaimResult | None:
+        """Claim from ``group``, giving up after the group's call timeout (a connection
+        that stalls must not stop the loop); ``None`` if :meth:`shutdown` cut it short."""
+        timeout = self._timeouts.get(group, MIN_CALL_TIMEOUT)
+        lease = Lease(uuid.uuid4().hex)
+        call = self._claiming = asyncio.ensure_future(
+            self._bounded(
+                group, lambda: self._repository.claim(group, now=now, limit=limit, lease=lease)
+            )
+        )
+        try:
+            await asyncio.wait((call,))
+        finally:
+            self._claiming = None
+            if not call.done():  # this loop itself is being cancelled
+                call.cancel()
+        if call.cancelled():
+            return None
+        try:
+            return call.result()
+        except TimeoutError:
+            raise TimeoutError(
+                f"The claim of group {group!r} got no answer within {timeout:.1f} s; "
+                "abandoned (what it claimed is taken again when its leases expire)"
+            ) from None
+
+    async def _bounded(self, group: str, call: Callable[[], Awaitable[T]]) -> T:
+        """``call()`` with the group's call timeout (made here, so that a call cancelled
+        before it starts leaves no coroutine behind)."""
+        return await self._timer.bounded(call(), self._timeouts.get(group, MIN_CALL_TIMEOUT))
 
     async def _dispatch(
         self, template: Task | None, rows: list[Claimed], now: datetime.datetime
@@ -230,10 +285,15 @@ class Worker:
                 at_most_once.append((task, row))
                 continue
             expected = now + task.lease_duration
-            if row.locked_until != expected and abs(row.locked_until - expected) > LEASE_TOLERANCE:
-                # stored with another lease length (imported, or the task changed since):
-                # hold it for the task's own lease from the start
-                await self._extend(row, row.lease, now + task.lease_duration)
+            # stored with another lease length (imported, or the task changed since):
+            # hold it for the task's own lease from the start
+            if (
+                row.locked_until != expected
+                and abs(row.locked_until - expected) > LEASE_TOLERANCE
+                and not await self._extend(row, row.lease, expected)
+            ):
+                logger.warning("Lease lost on %s before it started; skipping", task)
+                continue
             await spawn(self._execute(task, row))
         if at_most_once:
             group = rows[0].group
@@ -241,7 +301,9 @@ class Worker:
                 Commit(row.name, row.lease, task.next_run(row.scheduled_at, now))
                 for task, row in at_most_once
             ]
-            lost = set(await self._repository.commit(group, commits, now=now))
+            lost = set(
+                await self._bounded(group, lambda: self._repository.commit(group, commits, now=now))
+            )
             self.note_due(group, min((c.next_at for c in commits if c.next_at), default=None))
             for task, row in at_most_once:
                 if row.name in lost:
@@ -290,8 +352,9 @@ class Worker:
             if task.timezone is None
             else row.scheduled_at.astimezone(task.tzinfo),
             lease=None if at_most_once else row.lease,
-            heartbeat=functools.partial(self._heartbeat, row=row),
+            heartbeat=self._beat,
             items=self._items,
+            claim=row,
         )
         events = self._events
         observed = events.active
@@ -369,7 +432,9 @@ class Worker:
 
     async def _release(self, row: Claimed, lease: Lease) -> None:
         try:
-            await self._repository.unlock(row.group, row.name, lease)
+            await self._bounded(
+                row.group, lambda: self._repository.unlock(row.group, row.name, lease)
+            )
         except Exception:
             logger.exception("Could not unlock %r; it retries when its lease expires", row.name)
 
@@ -379,7 +444,9 @@ class Worker:
 
         try:
             lost = await retry.retry(
-                lambda: self._repository.commit(group, commits, now=self._clock.now()),
+                lambda: self._bounded(
+                    group, lambda: self._repository.commit(group, commits, now=self._clock.now())
+                ),
                 policy=retry.COMMIT,
                 attempts=retry.COMMIT_ATTEMPTS,
                 sleep=self._clock.sleep,
@@ -396,20 +463,58 @@ class Worker:
         self.note_due(group, min((c.next_at for c in commits if c.next_at), default=None))
 
     async def _extend(self, row: Claimed, lease: Lease, locked_until: datetime.datetime) -> bool:
-        return await self._repository.extend(row.group, row.name, lease, locked_until=locked_until)
+        return await self._bounded(
+            row.group,
+            lambda: self._repository.extend(row.group, row.name, lease, locked_until=locked_until),
+        )
 
-    async def _heartbeat(self, context: Context, *, row: Claimed) -> None:
-        """Extend the lease the context holds; on refusal the context stops holding it."""
+    async def _heartbeat(self, context: Context) -> None:
+        """Extend the lease the context holds (``context._claim``, the claimed row with
+        the lease's known expiry). On refusal, or on an error once the lease has expired
+        unrenewed, the context stops holding it: from then on another instance may run
+        the task."""
+        row: Claimed = context._claim
         task = context.task
         if task.execution_mode is ExecutionMode.AT_MOST_ONCE:
             return
         lease = context.lease
-        if lease is None or not await self._extend(
-            row, lease, self._clock.now() + task.lease_duration
-        ):
-            context.lease = None
-            self._lease_lost(task, row)
-            raise LeaseLostException(task)
+        if lease is not None:
+            until = self._clock.now() + task.lease_duration
+            try:
+                renewed = await self._extend(row, lease, until)
+            except Exception:
+                if self._clock.now() < row.locked_until:
+                    raise  # transient: the lease still holds; the next beat tries again
+                logger.warning("Lease on %s expired while it could not be renewed", task)
+                renewed = False
+            if renewed:
+                context._claim = row._replace(locked_until=until)
+                return
+        context.lease = None
+        self._lease_lost(task, row)
+        raise LeaseLostException(task)
+
+
+def _half(lease: datetime.timedelta) -> float:
+    return max(lease.total_seconds() / 2, MIN_CALL_TIMEOUT)
+
+
+def _trusted(rows: list[Claimed], sent: datetime.datetime, elapsed: float) -> list[Claimed]:
+    """The rows of a claim sent at ``sent`` and answered ``elapsed`` seconds later that
+    may start: those with more than half their lease left. The others are left to
+    expire (another instance may already have taken them over) and are claimed again
+    then."""
+    trusted = [row for row in rows if elapsed * 2 < (row.locked_until - sent).total_seconds()]
+    if len(trusted) < len(rows):
+        logger.warning(
+            "A claim of %d rows of group %r was answered after %.1f s, more than half "
+            "their lease; %d of them are left to expire and be claimed again",
+            len(rows),
+            rows[0].group,
+            elapsed,
+            len(rows) - len(trusted),
+        )
+    return trusted
 
 
 def call_function(func: Callable[[Context], Any], context: Context) -> Awaitable[None]:

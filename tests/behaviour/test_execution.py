@@ -154,6 +154,42 @@ async def test_with_heartbeat_cancels_on_lease_lost(
     assert outcome == ["cancelled"]
 
 
+async def test_a_lease_that_cannot_be_renewed_is_given_up_when_it_expires(
+    backend: BackendConfig, clock: VirtualClock
+) -> None:
+    """While the backend fails, a heartbeat error is transient only as long as the lease
+    it renews still holds; past its expiry another instance may run the task, so the
+    holder stops trusting it: with ``cancel_on_lease_lost`` the run is cancelled and not
+    committed, and the run is executed again once the backend answers."""
+    # long horizon: the loop wakes on known due times, so a long poll interval is fine
+    app = make_app(backend, clock, poll_interval=datetime.timedelta(minutes=10))
+    starts: list[tuple[datetime.datetime, datetime.datetime]] = []
+    outcome: list[tuple[str, datetime.datetime]] = []
+
+    @app.task(interval=1000 * S, lease_duration=10 * S)
+    @with_heartbeat(cancel_on_lease_lost=True)
+    async def long(context: Context) -> None:
+        starts.append((context.scheduled_at, clock.now()))
+        try:
+            await clock.sleep(30)
+        except asyncio.CancelledError:
+            outcome.append(("cancelled", clock.now()))
+            raise
+        outcome.append(("finished", clock.now()))
+
+    async with running(app) as ctx:
+        await clock.advance(1001)
+        switch = counters(ctx.repository)
+        switch.fail_with = BackendUnavailableError("down")
+        await clock.advance(9)  # the beat at 1005 fails within the lease; 1010 past it
+        assert outcome == [("cancelled", T0 + 1010 * S)]
+        switch.fail_with = None
+        await clock.advance(60)
+    assert [at for at, _ in starts] == [T0 + 1000 * S, T0 + 1000 * S]
+    assert starts[1][1] >= T0 + 1010 * S
+    assert outcome[-1][0] == "finished"
+
+
 async def test_concurrency_limit_caps_running_and_claimed(
     backend: BackendConfig, clock: VirtualClock
 ) -> None:

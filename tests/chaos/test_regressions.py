@@ -1,0 +1,314 @@
+"""Minimal reproductions, in virtual time, of the core bugs the chaos scenarios found.
+
+Apps share one in-memory store and one fake clock; a proxy in front of one app's
+repository makes a claim slow, answers it late, delays a registration or never answers,
+as the chaos proxy and kill storm did; each test then counts the executions of a run.
+Each docstring names the bug as it was; all five are fixed in pyncette/worker.py and
+pyncette/manager.py, and these tests keep them fixed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
+
+import anyio
+import pytest
+
+from backends import BackendConfig
+from harness import T0, FakeClock, make_app, running
+from pyncette import Context, ExecutionMode, Pyncette
+from pyncette.memory import InMemoryRepository
+from pyncette.model import Lease
+from pyncette.repository import (
+    ClaimResult,
+    Commit,
+    Registration,
+    Repository,
+    RepositoryFactory,
+    RepositoryProxy,
+)
+
+pytestmark = [pytest.mark.anyio, pytest.mark.chaos]
+S = datetime.timedelta(seconds=1)
+LEASE = 3 * S
+STATIC_GROUP = "__static__"
+
+
+def shared_store() -> BackendConfig:
+    """Every app built from this config uses the same in-memory repository."""
+    store = InMemoryRepository()
+
+    @contextlib.asynccontextmanager
+    async def factory(**options: Any) -> AsyncIterator[Repository]:
+        yield store
+
+    return BackendConfig("memory-shared", factory)
+
+
+class SlowClaim(RepositoryProxy):
+    """Delays one claim of ``group`` made at or after ``at``, by ``seconds`` of the
+    fake clock: ``before`` the store sees it (a slow round trip, a busy database), or
+    after the store applied it (``answer``: the answer is held up on its way back)."""
+
+    def __init__(
+        self,
+        inner: Repository,
+        clock: FakeClock,
+        group: str,
+        at: datetime.datetime,
+        *,
+        answer: bool,
+    ) -> None:
+        super().__init__(inner)
+        self.clock, self.group, self.at, self.answer = clock, group, at, answer
+        self.armed = True
+
+    async def claim(
+        self, group: str, *, now: datetime.datetime, limit: int, lease: Lease
+    ) -> ClaimResult:
+        delay = self.armed and group == self.group and now >= self.at
+        if delay and not self.answer:
+            self.armed = False
+            await self.clock.sleep(5)
+        result = await self.inner.claim(group, now=now, limit=limit, lease=lease)
+        if delay and self.answer and result.records:
+            self.armed = False
+            await self.clock.sleep(5)
+        return result
+
+
+def slowed(app: Pyncette, make: Callable[[Repository], Repository]) -> None:
+    """Put ``make(repository)`` in front of the app's repository (outside the harness's
+    counting proxy, so the fake clock moves on while the claim waits)."""
+    inner: RepositoryFactory = app.repository_factory
+
+    @contextlib.asynccontextmanager
+    async def factory(**options: Any) -> AsyncIterator[Repository]:
+        async with inner(**options) as repository:
+            yield make(repository)
+
+    app.repository_factory = factory
+
+
+def declare(app: Pyncette, name: str, runs: list[tuple[str, datetime.datetime]]) -> Any:
+    @app.task(interval=10 * S, lease_duration=LEASE)
+    async def ticking(context: Context) -> None:
+        pass
+
+    @app.dynamic_task(lease_duration=LEASE)
+    async def queue(context: Context) -> None:
+        runs.append((name, context.scheduled_at))
+        await context.app_context.clock.sleep(1)
+
+    return queue
+
+
+async def test_a_slow_claim_of_one_group_does_not_shorten_the_next_groups_leases() -> None:
+    """Regression (found by the chaos suite): Worker._tick claims every group with the
+    `now` read at the start of the tick, so a slow claim of one group makes the next
+    group's leases expire early."""
+    clock = FakeClock(T0)
+    backend = shared_store()
+    runs: list[tuple[str, datetime.datetime]] = []
+    first, second = make_app(backend, clock), make_app(backend, clock)
+    queue = declare(first, "first", runs)
+    declare(second, "second", runs)
+    # The static group is claimed before the queue; at T0+10 s its claim takes 5 s.
+    slowed(first, lambda repo: SlowClaim(repo, clock, STATIC_GROUP, T0 + 10 * S, answer=False))
+    with anyio.fail_after(60):
+        async with running(first) as ctx:
+            await ctx.schedule_task(queue, "job", execute_at=T0 + 10 * S)
+            await clock.advance(15.5)  # first claims the job at T0+15 s with now=T0+10 s
+            async with running(second):
+                await clock.advance(10)
+    assert len(runs) == 1, f"the run executed more than once: {runs}"
+
+
+async def test_a_claim_answered_after_its_lease_expired_does_not_execute() -> None:
+    """Regression (found by the chaos suite): Worker._dispatch starts rows whose lease
+    expired while the claim's answer was on its way, although another instance may have
+    taken them since."""
+    clock = FakeClock(T0)
+    backend = shared_store()
+    runs: list[tuple[str, datetime.datetime]] = []
+    first, second = make_app(backend, clock), make_app(backend, clock)
+    queue = declare(first, "first", runs)
+    declare(second, "second", runs)
+    # first's claim of the job is applied at T0+10 s; its answer arrives 5 s later.
+    slowed(first, lambda repo: SlowClaim(repo, clock, "queue", T0 + 10 * S, answer=True))
+    with anyio.fail_after(60):
+        async with running(first) as ctx:
+            await ctx.schedule_task(queue, "job", execute_at=T0 + 10 * S)
+            await clock.advance(10.5)
+            async with running(second):  # takes the job over when the lease expires
+                await clock.advance(10)
+    assert len(runs) == 1, f"the run executed more than once: {runs}"
+
+
+class SlowRegister(RepositoryProxy):
+    """Delays the first registration of static tasks by ``seconds`` of the fake clock
+    before the store sees it (a process starting up on a slow connection)."""
+
+    def __init__(self, inner: Repository, clock: FakeClock, seconds: float) -> None:
+        super().__init__(inner)
+        self.clock, self.seconds = clock, seconds
+        self.armed = True
+
+    async def register(
+        self,
+        group: str,
+        registrations: Sequence[Registration],
+        *,
+        now: datetime.datetime,
+        force: bool,
+    ) -> list[str]:
+        if self.armed and group == STATIC_GROUP:
+            self.armed = False
+            await self.clock.sleep(self.seconds)
+        return await self.inner.register(group, registrations, now=now, force=force)
+
+
+async def test_starting_an_instance_never_runs_a_committed_run_again() -> None:
+    """Regression (found by the chaos suite): an instance starting up registers its
+    static tasks with scheduled_at = min(stored, first run after its `now`); landing
+    just after another instance committed that first run, it rewinds the row and the run
+    executes again, even at-most-once."""
+    clock = FakeClock(T0)
+    backend = shared_store()
+    runs: list[tuple[str, datetime.datetime]] = []
+
+    def app(name: str) -> Pyncette:
+        made = make_app(backend, clock)
+
+        @made.task(schedule="* * * * * *", execution_mode=ExecutionMode.AT_MOST_ONCE)
+        async def every_second(context: Context) -> None:
+            runs.append((name, context.scheduled_at))
+
+        return made
+
+    first, second = app("first"), app("second")
+    # second computes its first run (T0+5 s) at T0+4.5 s; its registration lands at
+    # T0+5.5 s, after first has committed the T0+5 s run and moved the row to T0+6 s.
+    slowed(second, lambda repo: SlowRegister(repo, clock, 1.0))
+
+    async def second_lifetime(started: asyncio.Event, stop: asyncio.Event) -> None:
+        async with second.create() as ctx:
+            started.set()
+            loop = asyncio.ensure_future(ctx.run())
+            await stop.wait()
+            ctx.shutdown()
+            await loop
+
+    with anyio.fail_after(60):
+        async with running(first):
+            await clock.advance(4.5)
+            started, stop = asyncio.Event(), asyncio.Event()
+            lifetime = asyncio.ensure_future(second_lifetime(started, stop))
+            await clock.advance(5)
+            assert started.is_set()
+            stop.set()
+            await clock.until_done(lifetime)
+            await lifetime
+    times = [at for _, at in runs]
+    twice = sorted({at for at in times if times.count(at) > 1})
+    assert not twice, f"runs executed twice: {twice} ({runs})"
+
+
+class HangingClaim(RepositoryProxy):
+    """The first claim made at or after ``at`` never returns: a connection the network
+    dropped silently (no RST), or a server that accepted it and never answers."""
+
+    def __init__(self, inner: Repository, at: datetime.datetime) -> None:
+        super().__init__(inner)
+        self.at = at
+        self.armed = True
+
+    async def claim(
+        self, group: str, *, now: datetime.datetime, limit: int, lease: Lease
+    ) -> ClaimResult:
+        if self.armed and now >= self.at:
+            self.armed = False
+            await asyncio.Event().wait()
+        return await self.inner.claim(group, now=now, limit=limit, lease=lease)
+
+
+def every_ten_seconds(app: Pyncette, runs: list[datetime.datetime]) -> None:
+    @app.task(interval=10 * S)
+    async def ticking(context: Context) -> None:
+        runs.append(context.scheduled_at)
+
+
+async def test_shutdown_does_not_wait_for_a_claim_that_never_returns() -> None:
+    """Regression (found by the chaos suite): Worker.run awaits a claim without a
+    deadline; shutdown() only sets a flag, so a SIGINT while the connection is stalled
+    does not stop the process."""
+    clock = FakeClock(T0)
+    app = make_app(shared_store(), clock)
+    every_ten_seconds(app, [])
+    slowed(app, lambda repo: HangingClaim(repo, T0 + 10 * S))
+    with anyio.fail_after(60):
+        async with app.create() as ctx:
+            loop = asyncio.ensure_future(ctx.run())
+            await clock.advance(15)  # the claim at T0+10 s hangs
+            ctx.shutdown()
+            await clock.advance(5)
+            stopped = loop.done()
+            loop.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await loop
+    assert stopped, "run() still waits for the stalled claim 5 s after shutdown()"
+
+
+async def test_a_claim_that_never_returns_does_not_stop_polling() -> None:
+    """Regression (found by the chaos suite): a claim that never returns stops the poll
+    loop for good, without a log line (SQL drivers have no timeout; Redis and DynamoDB
+    give up after 40-60 s)."""
+    clock = FakeClock(T0)
+    app = make_app(shared_store(), clock)
+    runs: list[datetime.datetime] = []
+    every_ten_seconds(app, runs)
+    slowed(app, lambda repo: HangingClaim(repo, T0 + 10 * S))
+    with anyio.fail_after(60):
+        async with app.create() as ctx:
+            loop = asyncio.ensure_future(ctx.run())
+            await clock.advance(300)
+            loop.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await loop
+    assert T0 + 10 * S in runs, f"the run due at T0+10 s never ran in 5 minutes: {runs}"
+
+
+class HangingCommit(RepositoryProxy):
+    """The first commit never returns (a connection stalled after the claim)."""
+
+    def __init__(self, inner: Repository) -> None:
+        super().__init__(inner)
+        self.armed = True
+
+    async def commit(
+        self, group: str, commits: Sequence[Commit], *, now: datetime.datetime
+    ) -> list[str]:
+        if self.armed:
+            self.armed = False
+            await asyncio.Event().wait()
+        return await self.inner.commit(group, commits, now=now)
+
+
+async def test_a_commit_that_never_returns_is_retried_and_does_not_block_shutdown() -> None:
+    """Regression: commits, unlocks and heartbeats had no deadline either, so one stalled
+    commit held the commit batcher, and with it every later commit and the shutdown."""
+    clock = FakeClock(T0)
+    app = make_app(shared_store(), clock)
+    runs: list[datetime.datetime] = []
+    every_ten_seconds(app, runs)
+    slowed(app, HangingCommit)
+    with anyio.fail_after(60):
+        async with running(app) as ctx:
+            await clock.advance(45)
+            state = await ctx.get_task(app.tasks["ticking"])
+    assert runs == [T0 + 10 * S, T0 + 20 * S, T0 + 30 * S, T0 + 40 * S]
+    assert state is not None and state.scheduled_at == T0 + 50 * S
