@@ -26,6 +26,7 @@ from benchmarks.services import AWS_ENV, BACKENDS, SHARED, Services
 
 HERE = Path(__file__).resolve().parent
 WORKER = HERE / "worker.py"
+CEILING = HERE / "ceiling.py"
 OURS = sys.executable
 THEIRS = str(HERE / ".venv-pyncette11" / "bin" / "python")
 
@@ -37,13 +38,15 @@ class BenchmarkFailure(Exception):
 # -- running workers ---------------------------------------------------------------------
 
 
-def start_worker(python: str, config: dict[str, Any]) -> tuple[subprocess.Popen[str], str]:
+def start_worker(
+    python: str, config: dict[str, Any], script: Path = WORKER
+) -> tuple[subprocess.Popen[str], str]:
     fd, path = tempfile.mkstemp(prefix="pyncette-bench-", suffix=".json")
     with os.fdopen(fd, "w") as out:
         json.dump(config, out)
     env = {**os.environ, **AWS_ENV, "PYTHONDONTWRITEBYTECODE": "1"}
     process = subprocess.Popen(
-        [python, str(WORKER), path],
+        [python, str(script), path],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -73,8 +76,10 @@ def finish_worker(process: subprocess.Popen[str], path: str, timeout: float) -> 
     raise BenchmarkFailure(f"worker exited {process.returncode}:\n{stderr[-3000:]}")
 
 
-def run_worker(python: str, config: dict[str, Any], timeout: float = 900) -> dict[str, Any]:
-    process, path = start_worker(python, config)
+def run_worker(
+    python: str, config: dict[str, Any], timeout: float = 900, script: Path = WORKER
+) -> dict[str, Any]:
+    process, path = start_worker(python, config, script)
     return finish_worker(process, path, timeout)
 
 
@@ -132,7 +137,17 @@ def base_config(args: argparse.Namespace, backend: str, python: str) -> dict[str
         "poll_interval": args.poll_interval,
         # Compare mode: both sides use only the 1.x API; alone, we may use our bulk API.
         "api": "compat" if args.compare else "bulk",
+        # Alone, count requests and server CPU (kept out of --compare's A/B runs).
+        "count": python == OURS and not args.compare,
+        "server_cpu": python == OURS and not args.compare,
     }
+
+
+def with_server_pid(services: Services, backend: str, config: dict[str, Any]) -> dict[str, Any]:
+    """The moto server's pid, for DynamoDB runs that measure server CPU."""
+    if backend == "dynamodb" and config.get("server_cpu"):
+        config["server_pid"] = services.moto().process.pid
+    return config
 
 
 @contextmanager
@@ -152,7 +167,9 @@ def drain_once(
     with services.store(backend, flavour_of(python)) as options:
         config = {**base_config(args, backend, python), "scenario": "drain", "n": n}
         config.update(options=options, timeout=args.timeout, **extra)
-        result = run_worker(python, config, timeout=args.timeout + 120)
+        result = run_worker(
+            python, with_server_pid(services, backend, config), timeout=args.timeout + 120
+        )
     span = (result["last"] - result["first"]) if result["executions"] > 1 else None
     result["rate"] = (result["executions"] - 1) / span if span else None
     result["missing"] = n - result["unique"]
@@ -172,9 +189,13 @@ def check_correct(report: Report, what: str, python: str, result: dict[str, Any]
 def scenario_drain(services: Services, args: argparse.Namespace, report: Report) -> None:
     for backend in args.backends:
         print(f"\n### drain — {backend}, n={args.n}, batch_size={args.batch_size}\n")
-        print("| run | package | executions/s | duplicates | missing | setup s | peak RSS MiB |")
-        print("|---|---|---:|---:|---:|---:|---:|")
+        print(
+            "| run | package | executions/s | calls/exec | round trips/exec | empty claims |"
+            " server CPU µs/exec | duplicates | missing | setup s | peak RSS MiB |"
+        )
+        print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         rates: dict[str, list[float]] = {python: [] for python in pythons(args)}
+        profile_top: list[dict[str, Any]] = []
         for rep in range(args.repeat):
             for python in pythons(args):
                 extra: dict[str, Any] = {}
@@ -185,13 +206,89 @@ def scenario_drain(services: Services, args: argparse.Namespace, report: Report)
                     check_correct(report, f"drain {backend} {label_of(python)}", python, result)
                     rates[python].append(result["rate"] or 0.0)
                     report.record("drain", backend, flavour_of(python), result)
+                    profile_top = result.get("profile_top") or profile_top
                     print(
                         f"| {rep + 1} | {label_of(python)} | {fmt(result['rate'])} | "
+                        f"{cost_cells(result)} | "
                         f"{result['duplicates']} | {result['missing']} | "
                         f"{fmt(result.get('setup_s'), 2)} | {fmt(result['peak_rss_mib'], 1)} |",
                         flush=True,
                     )
         summarize(rates, "executions/s")
+        if not args.compare and args.ceiling and backend in CEILINGS:
+            ceiling_of(services, args, backend, report, rates[OURS])
+        print_profile_top(profile_top)
+
+
+def cost_cells(result: dict[str, Any]) -> str:
+    """Repository calls, driver round trips, empty claims and server CPU per execution."""
+    counts = result.get("counts") or {}
+    cpu = result.get("server_cpu") or {}
+    server = cpu.get("process_us_per_execution")
+    if cpu.get("commands_us_per_execution") is not None:  # Redis: also time in commands
+        server_text = f"{fmt(server, 1)} ({fmt(cpu['commands_us_per_execution'], 1)} in cmds)"
+    else:
+        server_text = fmt(server, 1)
+    return (
+        f"{fmt(counts.get('requests_per_execution'), 4)} | "
+        f"{fmt(counts.get('trips_per_execution'), 4)} | "
+        f"{fmt(counts.get('empty_claims'))} | {server_text}"
+    )
+
+
+def print_profile_top(entries: list[dict[str, Any]], count: int = 8) -> None:
+    if not entries:
+        return
+    print("\nprofile, top self time (pyinstrument, first run):")
+    for entry in entries[:count]:
+        print(f"- {entry['share'] * 100:.1f}% {entry['where']}")
+
+
+CEILINGS = ("sqlite", "postgres", "mysql", "redis", "dynamodb")
+"""Backends with a plain-driver ceiling (benchmarks/ceiling.py)."""
+
+
+def ceiling_once(services: Services, args: argparse.Namespace, backend: str) -> dict[str, Any]:
+    with services.store(backend) as options:
+        common = {**base_config(args, backend, OURS), "options": options, "n": args.n}
+        common.update(count=False, server_cpu=False)
+        run_worker(OURS, {**common, "scenario": "setup"})
+        return run_worker(OURS, common, timeout=args.timeout, script=CEILING)
+
+
+def ceiling_of(
+    services: Services,
+    args: argparse.Namespace,
+    backend: str,
+    report: Report,
+    ours: list[float],
+) -> None:
+    """The plain driver's rate for the same work, and our fraction of it."""
+    print(f"\nceiling — {backend}: the same claims and commits with the plain driver\n")
+    print("| run | executions/s | requests/exec |")
+    print("|---|---:|---:|")
+    rates: list[float] = []
+    for rep in range(args.repeat):
+        with noted(report, f"ceiling {backend}"):
+            result = ceiling_once(services, args, backend)
+            report.record("ceiling", backend, "plain driver", result)
+            if result["executions"] != args.n:
+                report.fail(f"ceiling {backend}: drained {result['executions']} of {args.n}")
+            rates.append(result["rate"] or 0.0)
+            print(
+                f"| {rep + 1} | {fmt(result['rate'])} | "
+                f"{fmt(result['requests_per_execution'], 4)} |",
+                flush=True,
+            )
+    if rates and ours:
+        ceiling = statistics.median(rates)
+        fraction = statistics.median(ours) / ceiling if ceiling else float("nan")
+        print(
+            f"\nmedian ceiling {fmt(ceiling)} executions/s; this project "
+            f"{fmt(statistics.median(ours))}: {fraction * 100:.0f}% of the ceiling "
+            "(target >= 50%)",
+            flush=True,
+        )
 
 
 def summarize(values: dict[str, list[float]], unit: str) -> None:
@@ -215,9 +312,9 @@ def scenario_steady(services: Services, args: argparse.Namespace, report: Report
         )
         print(
             "| run | package | demanded/s | achieved/s | lateness p50 ms | p99 ms | max ms |"
-            " peak RSS MiB |"
+            " calls/exec | round trips/exec | empty claims | server CPU µs/exec | peak RSS MiB |"
         )
-        print("|---|---|---:|---:|---:|---:|---:|---:|")
+        print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         achieved: dict[str, list[float]] = {python: [] for python in pythons(args)}
         for rep in range(args.repeat):
             for python in pythons(args):
@@ -233,6 +330,7 @@ def scenario_steady(services: Services, args: argparse.Namespace, report: Report
                         )
                         if args.profile and python == OURS and rep == 0:
                             config["profile"] = os.path.join(args.profile, f"steady-{backend}.txt")
+                        config = with_server_pid(services, backend, config)
                         result = run_worker(python, config, timeout=args.duration + 600)
                     late = result["lateness_ms"]
                     achieved[python].append(result["achieved_per_s"])
@@ -241,7 +339,7 @@ def scenario_steady(services: Services, args: argparse.Namespace, report: Report
                         f"| {rep + 1} | {label_of(python)} | {fmt(result['demanded_per_s'])} | "
                         f"{fmt(result['achieved_per_s'])} | {fmt(late['p50'], 1)} | "
                         f"{fmt(late['p99'], 1)} | {fmt(late['max'], 1)} | "
-                        f"{fmt(result['peak_rss_mib'], 1)} |",
+                        f"{cost_cells(result)} | {fmt(result['peak_rss_mib'], 1)} |",
                         flush=True,
                     )
         summarize(achieved, "achieved executions/s")
@@ -395,15 +493,29 @@ def scenario_scale_out(services: Services, args: argparse.Namespace, report: Rep
                 )
 
 
+def scenario_contention(services: Services, args: argparse.Namespace, report: Report) -> None:
+    from benchmarks.contention import scenario_contention as run
+
+    run(services, args, report)
+
+
 SCENARIOS: dict[str, Callable[[Services, argparse.Namespace, Report], None]] = {
     "drain": scenario_drain,
     "steady": scenario_steady,
     "register": scenario_register,
     "scale": scenario_scale,
     "scale-out": scenario_scale_out,
+    "contention": scenario_contention,
 }
 
-DEFAULT_N = {"drain": 20000, "steady": 2000, "register": 2000, "scale": 0, "scale-out": 20000}
+DEFAULT_N = {
+    "drain": 20000,
+    "steady": 2000,
+    "register": 2000,
+    "scale": 0,
+    "scale-out": 20000,
+    "contention": 20000,
+}
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -431,11 +543,19 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--stored", type=int, default=1_000_000, help="scale: big store")
     parser.add_argument("--due", type=int, default=1000, help="scale: due instances")
     parser.add_argument(
-        "--processes", default="1,2,4", help="scale-out: comma-separated process counts"
+        "--processes",
+        help="scale-out (default 1,2,4), contention (default 1,2,4,8): process counts",
     )
+    parser.add_argument("--steady-n", type=int, default=1000, help="contention: steady instances")
     parser.add_argument("--idle-exit", type=float, default=3.0, help="scale-out: seconds")
     parser.add_argument("--timeout", type=float, default=600.0, help="per worker, seconds")
     parser.add_argument("--profile", metavar="DIR", help="pyinstrument text profiles here")
+    parser.add_argument(
+        "--no-ceiling",
+        dest="ceiling",
+        action="store_false",
+        help="drain: skip the plain-driver ceiling runs",
+    )
     parser.add_argument("--json", metavar="FILE", help="append one JSON line per run")
     args = parser.parse_args(argv)
     args.backends = (
@@ -444,12 +564,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     unknown = [b for b in args.backends if b not in BACKENDS]
     if unknown:
         parser.error(f"unknown backend(s) {unknown}; choose from {', '.join(BACKENDS)}")
+    if args.processes is None:
+        args.processes = "1,2,4,8" if args.scenario == "contention" else "1,2,4"
     args.processes = [int(p) for p in args.processes.split(",")]
     if args.n is None:
         args.n = DEFAULT_N[args.scenario]
     if args.repeat is None:
         args.repeat = 3 if args.compare else 1
-    if args.compare and args.scenario in ("scale", "scale-out"):
+    if args.compare and args.scenario in ("scale", "scale-out", "contention"):
         parser.error("--compare applies to drain, steady and register")
     if args.profile:
         os.makedirs(args.profile, exist_ok=True)
@@ -457,6 +579,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    words = sys.argv[1:] if argv is None else argv
+    if words[:1] == ["chaos"]:  # reliability scenarios: benchmarks/chaos.py
+        from benchmarks.chaos import main as chaos_main
+
+        return chaos_main(words[1:])
     args = parse(argv)
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M")
     print(

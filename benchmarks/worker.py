@@ -36,14 +36,32 @@ FACTORIES = {
 }
 
 
+TALLY: Any = None
+"""This project's runs with ``"count": true``: the ``counting.Tally`` the app's repository
+(wrapped in ``counting.CountingRepository``) and its driver count into."""
+
+
 def make_app(config: dict[str, Any]) -> Pyncette:
+    global TALLY
     kwargs: dict[str, Any] = dict(config.get("options", {}))
     backend = config["backend"]
     if backend in FACTORIES:
         module, name = FACTORIES[backend]
         kwargs["repository_factory"] = getattr(importlib.import_module(module), name)
-    elif backend != "memory":
+    elif backend == "memory":
+        if config.get("count"):
+            from pyncette.app import default_repository_factory
+
+            kwargs["repository_factory"] = default_repository_factory
+    else:
         raise SystemExit(f"unknown backend {backend!r}")
+    if config.get("count"):
+        import counting  # benchmarks/counting.py, beside this script
+
+        TALLY = counting.Tally()
+        kwargs["repository_factory"] = counting.counting_factory(
+            kwargs["repository_factory"], TALLY
+        )
     # Both packages accept these: ours as named parameters, 1.x through **kwargs.
     kwargs["batch_size"] = config.get("batch_size", 100)
     kwargs["concurrency_limit"] = config.get("concurrency_limit", 100)
@@ -94,6 +112,94 @@ PROFILES: list[tuple[str, str]] = []
 """(path, text) of profiles taken, written out once the event loop has stopped."""
 
 
+class Window:
+    """Counted requests and server CPU between :meth:`open` and :meth:`close` (this
+    project's runs with ``"count": true``); nothing otherwise."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = config
+        self.start: Any = None
+        self.cpu_start: Any = None
+        self.result: dict[str, Any] = {}
+
+    async def sample_cpu(self) -> Any:
+        if not self.config.get("server_cpu"):
+            return None
+        import servercpu  # benchmarks/servercpu.py, beside this script
+
+        try:
+            config = self.config
+            return await servercpu.sample(
+                config["backend"], config.get("options", {}), config.get("server_pid")
+            )
+        except Exception as exc:  # a measurement aid: never fail the run over it
+            print(f"server CPU sample failed: {exc!r}", file=sys.stderr)
+            return None
+
+    async def open(self) -> None:
+        if TALLY is not None:
+            self.start = TALLY.snapshot()
+        self.cpu_start = await self.sample_cpu()
+
+    async def close(self) -> None:
+        if TALLY is not None and self.start is not None:
+            self.result["tally"] = TALLY.since(self.start)
+        if self.cpu_start is not None:
+            import servercpu
+
+            end = await self.sample_cpu()
+            if end is not None:
+                self.result["server_cpu"] = servercpu.server_cpu(self.cpu_start, end)
+
+    def report(self, executions: int) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if "tally" in self.result:
+            out["counts"] = self.result["tally"].summary(executions)
+        if "server_cpu" in self.result:
+            cpu = self.result["server_cpu"]
+            out["server_cpu"] = {
+                **cpu,
+                "process_us_per_execution": (
+                    cpu["process_s"] * 1e6 / executions
+                    if executions and cpu["process_s"] is not None
+                    else None
+                ),
+                "commands_us_per_execution": (
+                    cpu["commands_s"] * 1e6 / executions
+                    if executions and cpu["commands_s"] is not None
+                    else None
+                ),
+            }
+        return out
+
+
+def top_entries(session: Any, count: int = 12) -> list[dict[str, Any]]:
+    """The functions with the most self time in a pyinstrument session (where the CPU
+    went, summed over every call path), with their share of the profiled time."""
+    root = session.root_frame()
+    if root is None:
+        return []
+    selfs: dict[str, float] = {}
+    stack: list[tuple[Any, str]] = [(root, "")]
+    while stack:
+        frame, parent = stack.pop()
+        # pyinstrument puts a function's own time in a synthetic "[self]" child
+        synthetic = frame.is_synthetic
+        where = (
+            parent if synthetic else f"{frame.function} ({frame.file_path_short}:{frame.line_no})"
+        )
+        children = list(frame.children)
+        stack.extend((child, where) for child in children)
+        own = frame.time - sum(child.time for child in children)
+        selfs[where] = selfs.get(where, 0.0) + max(own, 0.0)
+    total = root.time or 1.0
+    ranked = sorted(selfs.items(), key=lambda item: -item[1])[:count]
+    return [{"where": where, "self_s": s, "share": s / total} for where, s in ranked]
+
+
+PROFILE_TOP: list[dict[str, Any]] = []
+
+
 class Profiled:
     """Runs a coroutine under pyinstrument when the config asks for a profile."""
 
@@ -114,6 +220,8 @@ class Profiled:
             profiler.stop()
             text = profiler.output_text(unicode=False, color=False, show_all=False)
             PROFILES.append((self.path, text))
+            if profiler.last_session is not None:
+                PROFILE_TOP[:] = top_entries(profiler.last_session)
 
 
 # -- scenarios --------------------------------------------------------------------------
@@ -126,13 +234,16 @@ async def drain(config: dict[str, Any]) -> dict[str, Any]:
     app = make_app(config)
     seen: list[str] = []
     stamps: list[float] = []
+    dues: list[float] = []
     idle_exit = config.get("idle_exit")
     holder: dict[str, Any] = {}
+    window = Window(config)
 
     @app.dynamic_task(name="bench_drain")
     async def bench_drain(context: Any) -> None:
         stamps.append(time.time())
         seen.append(context.task.name)
+        dues.append(context.scheduled_at.timestamp())
         if idle_exit is None and len(seen) >= n:
             holder["ctx"].shutdown()
 
@@ -148,6 +259,7 @@ async def drain(config: dict[str, Any]) -> dict[str, Any]:
             )
             result["setup_s"] = time.perf_counter() - started
         await wait_until(config.get("start_at"))
+        await window.open()
         run_started = time.time()
 
         async def watchdog() -> None:
@@ -163,6 +275,7 @@ async def drain(config: dict[str, Any]) -> dict[str, Any]:
         guard = asyncio.ensure_future(watchdog())
         await Profiled(config).run(ctx.run)
         guard.cancel()
+        await window.close()
     counts: dict[str, int] = {}
     for name in seen:
         counts[name] = counts.get(name, 0) + 1
@@ -174,8 +287,10 @@ async def drain(config: dict[str, Any]) -> dict[str, Any]:
         last=max(stamps) if stamps else None,
         run_started=run_started,
         peak_rss_mib=peak_rss_mib(),
+        **window.report(len(seen)),
     )
     if config.get("out"):
+        result["_log"] = [list(row) for row in zip(seen, dues, stamps, strict=True)]
         result["_names"] = seen
     return result
 
@@ -207,32 +322,42 @@ async def steady(config: dict[str, Any]) -> dict[str, Any]:
     app = make_app(config)
     started_at: list[float] = []
     due_at: list[float] = []
+    ran: list[str] = []
+    window = Window(config)
 
     @app.dynamic_task(name="bench_steady")
     async def bench_steady(context: Any) -> None:
         started_at.append(time.time())
         due_at.append(context.scheduled_at.timestamp())
+        ran.append(context.task.name)
 
     async with app.create() as ctx:
         settle_heap()
         period = datetime.timedelta(seconds=interval)
         waves = max(1, int(config.get("waves", 10)))
         everyone = names("s", n)
+        await wait_until(config.get("start_at"))  # several processes start together
         running = asyncio.ensure_future(Profiled(config).run(ctx.run))
         setup_started = time.perf_counter()
         # Instances are added in waves across one interval, as users arrive over time, so
         # their runs are spread over the interval instead of all falling due at once.
         for wave in range(waves):
-            await schedule_many(
-                config,
-                ctx,
-                bench_steady,
-                {name: {"interval": period} for name in everyone[wave::waves]},
-            )
+            if config.get("setup", True):
+                await schedule_many(
+                    config,
+                    ctx,
+                    bench_steady,
+                    {name: {"interval": period} for name in everyone[wave::waves]},
+                )
             await asyncio.sleep(interval / waves)
         setup_s = time.perf_counter() - setup_started
         run_started = time.time()
-        asyncio.get_running_loop().call_later(duration, ctx.shutdown)
+        # requests and server CPU are counted over the measured window only
+        await asyncio.sleep(interval)
+        await window.open()
+        await asyncio.sleep(max(0.0, run_started + duration - time.time()))
+        await window.close()
+        ctx.shutdown()
         await running
     window_start, window_end = run_started + interval, run_started + duration
     lateness = sorted(
@@ -241,7 +366,12 @@ async def steady(config: dict[str, Any]) -> dict[str, Any]:
         if window_start <= due and start <= window_end
     )
     in_window = sum(1 for start in started_at if window_start <= start <= window_end)
+    log = None
+    if config.get("out"):
+        log = [list(row) for row in zip(ran, due_at, started_at, strict=True)]
     return {
+        **window.report(in_window),
+        "_log": log,
         "setup_s": setup_s,
         "executions": len(started_at),
         "demanded_per_s": n / interval,
@@ -388,10 +518,21 @@ def main() -> None:
     for path, text in PROFILES:
         with open(path, "w") as out:
             out.write(text)
-    if "_names" in result:
+    if PROFILE_TOP:
+        result["profile_top"] = PROFILE_TOP
+    log = result.pop("_log", None)
+    if "_names" in result or log is not None:
         with open(config["out"], "w") as out:
-            names = result.pop("_names")
-            json.dump({"names": names, "first": result["first"], "last": result["last"]}, out)
+            names = result.pop("_names", None)
+            json.dump(
+                {
+                    "names": names,
+                    "log": log,
+                    "first": result.get("first"),
+                    "last": result.get("last"),
+                },
+                out,
+            )
     result["run_id"] = config.get("run_id") or uuid.uuid4().hex
     print("RESULT " + json.dumps(result), flush=True)
 
