@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 RESERVED_CONTEXT_NAMES = frozenset(
     {"app_context", "task", "scheduled_at", "args", "heartbeat", "lease", "for_execution"}
-    | {"_lease", "_heartbeater", "_claim", "_items"}
+    | {"_lease", "_heartbeater", "_items"}
 )
 
 

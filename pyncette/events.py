@@ -99,6 +99,8 @@ class EventBus:
 
     def __init__(self) -> None:
         self._subscribers: list[tuple[tuple[type[Event], ...], Callable[[Event], None]]] = []
+        self.active = False
+        """Whether anybody listens (so callers can skip building events)."""
 
     def subscribe(
         self,
@@ -114,17 +116,14 @@ class EventBus:
             raise ValueError(f"Event callback {callback!r} is not callable")
         entry: tuple[tuple[type[Event], ...], Callable[[Event], None]] = (types, callback)  # type: ignore[assignment]
         self._subscribers.append(entry)
+        self.active = True
 
         def unsubscribe() -> None:
             if entry in self._subscribers:
                 self._subscribers.remove(entry)
+                self.active = bool(self._subscribers)
 
         return unsubscribe
-
-    @property
-    def active(self) -> bool:
-        """Whether anybody listens (so callers can skip building events)."""
-        return bool(self._subscribers)
 
     def emit(self, event: Event) -> None:
         for types, callback in self._subscribers:

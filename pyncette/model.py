@@ -105,8 +105,6 @@ class Context:
     args: dict[str, Any]
     _lease: Lease | None = None
     _heartbeater: Callable[[Context], Awaitable[None]] | None = None
-    _claim: Any = None
-    """The scheduler's record of the claim this execution runs under (opaque here)."""
     _items: Mapping[str, Any] = MappingProxyType({})
 
     @classmethod
@@ -119,10 +117,9 @@ class Context:
         lease: Lease | None,
         heartbeat: Callable[[Context], Awaitable[None]],
         items: Mapping[str, Any],
-        claim: Any = None,
     ) -> Context:
         """The context of one execution (built by the scheduler); ``heartbeat(context)``
-        is what :meth:`heartbeat` calls, and ``claim`` what it needs to know."""
+        is what :meth:`heartbeat` calls."""
         context = cls()
         context.app_context = app_context
         context.task = task
@@ -130,7 +127,6 @@ class Context:
         context.args = dict(task.extra_args)
         context._lease = lease
         context._heartbeater = heartbeat
-        context._claim = claim
         context._items = items
         return context
 

@@ -60,12 +60,18 @@ class Claimed(NamedTuple):
     lease: Lease
     locked_until: datetime.datetime
 
-    @classmethod
-    def of(cls, group: str, record: Record) -> Claimed:
+
+def claimed_rows(group: str, records: Sequence[Record]) -> list[Claimed]:
+    """The rows of a claim, each checked to carry its lease."""
+    rows = []
+    for record in records:
         lease, locked_until = record.locked_by, record.locked_until
         if lease is None or locked_until is None:
             raise RuntimeError(f"The backend returned claimed row {record.name!r} without a lease")
-        return cls(group, record.name, record.spec, record.scheduled_at, lease, locked_until)
+        rows.append(
+            Claimed(group, record.name, record.spec, record.scheduled_at, lease, locked_until)
+        )
+    return rows
 
 
 class Worker:
@@ -103,7 +109,7 @@ class Worker:
         self._stopping = False
         self._commits = CommitBatcher(self._commit)
         self._background_tasks: set[asyncio.Future[None]] = set()
-        self._beat = self._heartbeat  # one bound method for every execution
+        self._logged = False
         self.last_tick: datetime.datetime | None = None
 
     # -- what is polled ---------------------------------------------------------------
@@ -211,6 +217,7 @@ class Worker:
         more = False
         claimed = 0
         runner = self._runner
+        self._logged = logger.isEnabledFor(logging.INFO)  # read once per tick
         for group, template in self._targets:
             if self._stopping:
                 break
@@ -226,7 +233,7 @@ class Worker:
             if result is None:  # shutdown() while the claim was on its way
                 break
             if result.records:
-                rows = [Claimed.of(group, record) for record in result.records]
+                rows = claimed_rows(group, result.records)
                 # a run that neither commits nor unlocks is claimable again at its expiry
                 expiry = min(row.locked_until for row in rows)
                 wake_at = min(wake_at, expiry)
@@ -352,13 +359,12 @@ class Worker:
             if task.timezone is None
             else row.scheduled_at.astimezone(task.tzinfo),
             lease=None if at_most_once else row.lease,
-            heartbeat=self._beat,
+            heartbeat=functools.partial(self._heartbeat, held=[row]),
             items=self._items,
-            claim=row,
         )
         events = self._events
         observed = events.active
-        logged = logger.isEnabledFor(logging.INFO)
+        logged = self._logged
         timed = observed or logged
         started = time.perf_counter() if timed else 0.0
         started_at = self._clock.now() if observed else row.scheduled_at
@@ -417,7 +423,8 @@ class Worker:
     def _invoke(self, context: Context) -> Awaitable[None]:
         middlewares = self._middlewares
         if not middlewares:
-            return call_task(context.task, context)
+            task = context.task
+            return task.func(context) if task.is_async else _in_thread(task.func, context)
 
         def call(index: int) -> Awaitable[None]:
             if index == len(middlewares):
@@ -468,12 +475,12 @@ class Worker:
             lambda: self._repository.extend(row.group, row.name, lease, locked_until=locked_until),
         )
 
-    async def _heartbeat(self, context: Context) -> None:
-        """Extend the lease the context holds (``context._claim``, the claimed row with
-        the lease's known expiry). On refusal, or on an error once the lease has expired
+    async def _heartbeat(self, context: Context, *, held: list[Claimed]) -> None:
+        """Extend the lease the context holds (``held[0]``: the claimed row, with the
+        lease's known expiry). On refusal, or on an error once the lease has expired
         unrenewed, the context stops holding it: from then on another instance may run
         the task."""
-        row: Claimed = context._claim
+        row = held[0]
         task = context.task
         if task.execution_mode is ExecutionMode.AT_MOST_ONCE:
             return
@@ -488,7 +495,7 @@ class Worker:
                 logger.warning("Lease on %s expired while it could not be renewed", task)
                 renewed = False
             if renewed:
-                context._claim = row._replace(locked_until=until)
+                held[0] = row._replace(locked_until=until)
                 return
         context.lease = None
         self._lease_lost(task, row)

@@ -429,3 +429,24 @@ def test_registrations_of_one_name_fold_as_if_written_in_order() -> None:
         Registration("b", None, t0, 10 * S),
     ]
     assert fold_registrations(regs, force=True) == [regs[3], regs[1]]
+
+
+def test_the_event_bus_is_active_exactly_while_somebody_listens() -> None:
+    from pyncette.events import Event, EventBus, TickStarted
+
+    NOON = datetime.datetime(2030, 1, 1, 12, tzinfo=datetime.UTC)
+
+    bus = EventBus()
+    seen: list[Event] = []
+    assert not bus.active
+    first = bus.subscribe(seen.append, TickStarted)
+    second = bus.subscribe(seen.append)
+    assert bus.active
+    first()
+    assert bus.active
+    bus.emit(TickStarted(NOON))
+    second()
+    second()  # a second cancellation changes nothing
+    assert not bus.active
+    bus.emit(TickStarted(NOON))
+    assert seen == [TickStarted(NOON)]
