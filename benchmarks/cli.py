@@ -138,8 +138,8 @@ def base_config(args: argparse.Namespace, backend: str, python: str) -> dict[str
         # Compare mode: both sides use only the 1.x API; alone, we may use our bulk API.
         "api": "compat" if args.compare else "bulk",
         # Alone, count requests and server CPU (kept out of --compare's A/B runs).
-        "count": python == OURS and not args.compare,
-        "server_cpu": python == OURS and not args.compare,
+        "count": python == OURS and not args.compare and args.count,
+        "server_cpu": python == OURS and not args.compare and args.count,
     }
 
 
@@ -191,9 +191,10 @@ def scenario_drain(services: Services, args: argparse.Namespace, report: Report)
         print(f"\n### drain — {backend}, n={args.n}, batch_size={args.batch_size}\n")
         print(
             "| run | package | executions/s | calls/exec | round trips/exec | empty claims |"
-            " server CPU µs/exec | duplicates | missing | setup s | peak RSS MiB |"
+            " server CPU µs/exec | client CPU µs/exec | duplicates | missing | setup s |"
+            " peak RSS MiB |"
         )
-        print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         rates: dict[str, list[float]] = {python: [] for python in pythons(args)}
         profile_top: list[dict[str, Any]] = []
         for rep in range(args.repeat):
@@ -209,7 +210,7 @@ def scenario_drain(services: Services, args: argparse.Namespace, report: Report)
                     profile_top = result.get("profile_top") or profile_top
                     print(
                         f"| {rep + 1} | {label_of(python)} | {fmt(result['rate'])} | "
-                        f"{cost_cells(result)} | "
+                        f"{cost_cells(result)} | {fmt(result.get('client_cpu_us'), 1)} | "
                         f"{result['duplicates']} | {result['missing']} | "
                         f"{fmt(result.get('setup_s'), 2)} | {fmt(result['peak_rss_mib'], 1)} |",
                         flush=True,
@@ -529,6 +530,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("-n", type=int, help="instances (default depends on the scenario)")
     parser.add_argument("--compare", action="store_true", help="alternate with Pyncette 1.1.0")
     parser.add_argument("--repeat", type=int, help="runs (pairs with --compare); default 1, 3")
+    parser.add_argument(
+        "--no-count",
+        dest="count",
+        action="store_false",
+        help="no request counting or server CPU (for A/B runs against another commit)",
+    )
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--concurrency-limit", type=int, default=100)
     parser.add_argument("--poll-interval", type=float, default=1.0, help="seconds")

@@ -45,6 +45,12 @@ def make_app(config: dict[str, Any]) -> Pyncette:
     global TALLY
     kwargs: dict[str, Any] = dict(config.get("options", {}))
     backend = config["backend"]
+    if config.get("count"):
+        try:  # counting needs this layout's hooks
+            import counting  # benchmarks/counting.py, beside this script
+            from pyncette.app import default_repository_factory
+        except ImportError:  # an older commit of this project, on PYTHONPATH for an A/B
+            config["count"] = False
     if backend in FACTORIES:
         module, name = FACTORIES[backend]
         kwargs["repository_factory"] = getattr(importlib.import_module(module), name)
@@ -113,13 +119,14 @@ PROFILES: list[tuple[str, str]] = []
 
 
 class Window:
-    """Counted requests and server CPU between :meth:`open` and :meth:`close` (this
-    project's runs with ``"count": true``); nothing otherwise."""
+    """This process's CPU time, and (this project's runs with ``"count": true``)
+    counted requests and server CPU, between :meth:`open` and :meth:`close`."""
 
     def __init__(self, config: dict[str, Any]) -> None:
         self.config = config
         self.start: Any = None
         self.cpu_start: Any = None
+        self.client_start = 0.0
         self.result: dict[str, Any] = {}
 
     async def sample_cpu(self) -> Any:
@@ -137,11 +144,13 @@ class Window:
             return None
 
     async def open(self) -> None:
+        self.client_start = time.process_time()
         if TALLY is not None:
             self.start = TALLY.snapshot()
         self.cpu_start = await self.sample_cpu()
 
     async def close(self) -> None:
+        self.result["client_cpu_s"] = time.process_time() - self.client_start
         if TALLY is not None and self.start is not None:
             self.result["tally"] = TALLY.since(self.start)
         if self.cpu_start is not None:
@@ -153,6 +162,8 @@ class Window:
 
     def report(self, executions: int) -> dict[str, Any]:
         out: dict[str, Any] = {}
+        if executions and "client_cpu_s" in self.result:
+            out["client_cpu_us"] = self.result["client_cpu_s"] * 1e6 / executions
         if "tally" in self.result:
             out["counts"] = self.result["tally"].summary(executions)
         if "server_cpu" in self.result:
