@@ -82,6 +82,17 @@ class ExecutionFailed(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class ExecutionSkipped(Event):
+    """A claimed run was not executed (its row moved on to the next run, or was removed
+    for a one-off task); ``reason`` says why, e.g. that it was found later than the
+    task's ``misfire_grace_time``."""
+
+    task: Task
+    scheduled_at: datetime.datetime
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class LeaseLost(Event):
     """An execution's lease was found taken by another instance (or its row removed):
     the execution is not committed."""

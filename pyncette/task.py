@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 import inspect
 import json
 import math
 from collections.abc import Awaitable, Iterable
-from typing import Any
+from typing import Any, Literal, get_args
 
 from pyncette.model import (
     Context,
@@ -57,10 +58,32 @@ _OPTION_NAMES = frozenset(
         "lease_duration",
         "fast_forward",
         "enabled",
+        "misfire_grace_time",
+        "coalesce",
+        "max_jitter",
     }
 )
-_EXECUTION_OPTIONS = ("execution_mode", "failure_mode", "lease_duration", "fast_forward")
+_EXECUTION_OPTIONS = (
+    "execution_mode",
+    "failure_mode",
+    "lease_duration",
+    "fast_forward",
+    "misfire_grace_time",
+    "coalesce",
+    "max_jitter",
+)
 """Options an instance may override that Pyncette 1.x's task spec has no field for."""
+_DURATION_OPTIONS = ("interval", "lease_duration", "misfire_grace_time", "max_jitter")
+"""Options stored in an instance's spec as ``{"seconds": ...}``."""
+
+Coalesce = Literal["all", "earliest", "latest"]
+"""What a task does with several missed runs (see :attr:`Task.coalesce`)."""
+COALESCE_POLICIES: tuple[str, ...] = get_args(Coalesce)
+JITTER_UNIT = datetime.timedelta(milliseconds=1)
+"""Jitter offsets are whole milliseconds: every backend stores them exactly."""
+CRON_GAP_SAMPLES = 16
+"""Runs of a cron schedule inspected when ``max_jitter`` is checked against it."""
+_CRON_GAP_REFERENCE = datetime.datetime(2000, 1, 1, tzinfo=datetime.UTC)
 
 
 def default_partition_selector(partition_count: int, task_id: str) -> int:
@@ -124,6 +147,43 @@ def _as_enum(option: str, enum_type: type[ExecutionMode] | type[FailureMode], va
     raise ValueError(f"Invalid {option} {value!r}: expected a {enum_type.__name__}")
 
 
+def _as_coalesce(name: str, coalesce: object, fast_forward: bool) -> Coalesce:
+    if coalesce is None:
+        return "latest" if fast_forward else "all"
+    if coalesce not in COALESCE_POLICIES:
+        raise ValueError(
+            f"Task {name!r}: Invalid coalesce {coalesce!r}: expected one of "
+            f"{', '.join(map(repr, COALESCE_POLICIES))}"
+        )
+    if fast_forward and coalesce != "latest":
+        raise ValueError(
+            f"Task {name!r}: fast_forward=True is coalesce='latest' and conflicts with "
+            f"coalesce={coalesce!r}; give only one of them"
+        )
+    return coalesce  # type: ignore[return-value]
+
+
+@functools.lru_cache(maxsize=256)
+def _shortest_cron_gap(expression: str, zone: datetime.tzinfo | None) -> datetime.timedelta:
+    """The shortest gap between consecutive runs among the first
+    :data:`CRON_GAP_SAMPLES` runs of ``expression`` after 2000-01-01 (a cheap check:
+    a schedule's shortest gap may come later; per-run clamping covers that)."""
+    at = next_cron(expression, zone, _CRON_GAP_REFERENCE)
+    shortest = MAX_DURATION
+    for _ in range(CRON_GAP_SAMPLES):
+        following = next_cron(expression, zone, at)
+        shortest = min(shortest, following - at)
+        at = following
+    return shortest
+
+
+def _jitter_units(key: str, units: int) -> int:
+    """A number in ``[0, units)`` fixed by ``key``: the same in every process (BLAKE2b,
+    not the per-process randomised ``hash()``)."""
+    digest = hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % units
+
+
 class Task:
     """A task as declared with ``@app.task``, ``@app.dynamic_task`` or
     ``@app.partitioned_task``, or a concrete instance of a dynamic task.
@@ -147,6 +207,9 @@ class Task:
         lease_duration: datetime.timedelta = datetime.timedelta(seconds=60),
         fast_forward: bool = False,
         enabled: bool = True,
+        misfire_grace_time: datetime.timedelta | None = None,
+        coalesce: Coalesce | None = None,
+        max_jitter: datetime.timedelta | None = None,
         partition_count: int | None = None,
         partition_selector: PartitionSelector | None = None,
         enabled_partitions: Iterable[int] | None = None,
@@ -176,6 +239,17 @@ class Task:
         self.failure_mode: FailureMode = _as_enum("failure_mode", FailureMode, failure_mode)
         self.lease_duration = _as_timedelta("lease_duration", lease_duration)
         self.fast_forward = boolean("fast_forward", fast_forward)
+        self.coalesce: Coalesce = _as_coalesce(name, coalesce, self.fast_forward)
+        # coalesce="latest" is fast_forward=True under its other name: one behaviour
+        self.fast_forward = self.coalesce == "latest"
+        self.misfire_grace_time = (
+            _as_timedelta("misfire_grace_time", misfire_grace_time)
+            if misfire_grace_time is not None
+            else None
+        )
+        self.max_jitter = (
+            _as_timedelta("max_jitter", max_jitter) if max_jitter is not None else None
+        )
         self.enabled = boolean("enabled", enabled)
         self.extra_args = extra_args
 
@@ -229,6 +303,29 @@ class Task:
             raise ValueError(
                 f"Task {name!r}: arguments take more than {MAX_ARGUMENTS_BYTES} bytes as JSON"
             )
+        if self.max_jitter is not None:
+            self._check_jitter(self.max_jitter)
+
+    def _check_jitter(self, max_jitter: datetime.timedelta) -> None:
+        """``max_jitter`` must be at least the jitter unit and shorter than the interval,
+        or than the shortest gap between the first runs of the cron schedule."""
+        if max_jitter < JITTER_UNIT:
+            raise ValueError(
+                f"Task {self.name!r}: max_jitter {max_jitter!r} is shorter than the "
+                "jitter unit (1 ms)"
+            )
+        if self.interval is not None and max_jitter >= self.interval:
+            raise ValueError(
+                f"Task {self.name!r}: max_jitter ({max_jitter}) must be shorter than the "
+                f"interval ({self.interval}), or jittered runs could reach the next one"
+            )
+        if self.schedule is not None:
+            gap = _shortest_cron_gap(self.schedule, self._tzinfo)
+            if max_jitter >= gap:
+                raise ValueError(
+                    f"Task {self.name!r}: max_jitter ({max_jitter}) must be shorter than "
+                    f"the shortest gap between runs of {self.schedule!r} ({gap})"
+                )
 
     def _init_partitions(
         self,
@@ -360,31 +457,94 @@ class Task:
     # -- scheduling -----------------------------------------------------------------
 
     def initial_run(self, now: datetime.datetime) -> datetime.datetime:
-        """When a newly registered task first runs."""
+        """When a newly registered task first runs (jittered, with ``max_jitter``)."""
         if self.execute_at is not None:
-            return self.execute_at
-        nxt = self.next_run(now, now)
-        assert nxt is not None
-        return nxt
+            return self._jittered(self.execute_at)
+        if self.interval is None and self.schedule is None:
+            raise ValueError(f"Task {self.name!r} has no schedule to run on")
+        return self._jittered(self._next_nominal(now, now))
 
     def next_run(
-        self, scheduled_at: datetime.datetime, now: datetime.datetime
+        self,
+        scheduled_at: datetime.datetime,
+        now: datetime.datetime,
+        *,
+        claimed_at: datetime.datetime | None = None,
     ) -> datetime.datetime | None:
         """The run after the one scheduled at ``scheduled_at``; ``None`` for one-off tasks.
 
-        Without ``fast_forward`` missed runs are caught up one by one; with it the next
-        run is the first one after ``now``.
+        ``now`` is when the run ended (or was skipped), ``claimed_at`` when it was
+        claimed. With ``coalesce="all"`` (the default) missed runs are caught up one by
+        one. With ``"latest"`` (``fast_forward=True``) the next run is the first one
+        after ``now``, so every run that fell due before this one ended is dropped; with
+        ``"earliest"`` it is the first one after ``claimed_at`` (``now`` if not given),
+        so runs that fell due while this one executed are coalesced into the earliest of
+        them in turn. Missed means a *nominal* run time (before jitter) at or before the
+        reference time. With ``max_jitter`` the result is the next nominal run plus its
+        jitter (see :meth:`jitter`).
         """
+        if self.interval is None and self.schedule is None:
+            return None
+        if self.coalesce == "earliest" and claimed_at is not None:
+            now = claimed_at
+        nominal = scheduled_at
         if self.interval is not None:
-            nxt = scheduled_at + self.interval
-            if self.fast_forward and nxt <= now:
-                missed = math.floor((now - scheduled_at) / self.interval)
-                nxt = scheduled_at + self.interval * (missed + 1)
+            nominal = scheduled_at - self._phase()
+        return self._jittered(self._next_nominal(nominal, now))
+
+    def _next_nominal(
+        self, nominal: datetime.datetime, now: datetime.datetime
+    ) -> datetime.datetime:
+        skip_missed = self.coalesce != "all"
+        if self.interval is not None:
+            nxt = nominal + self.interval
+            if skip_missed and nxt <= now:
+                missed = math.floor((now - nominal) / self.interval)
+                nxt = nominal + self.interval * (missed + 1)
             return nxt
+        assert self.schedule is not None
+        # a jittered cron run stays before the next nominal run (the offset is clamped
+        # below the gap), so the first cron time after it is the next nominal run
+        after = max(nominal, now) if skip_missed else nominal
+        return next_cron(self.schedule, self._tzinfo, after)
+
+    def jitter(self, nominal: datetime.datetime) -> datetime.timedelta:
+        """The offset added to the run nominally at ``nominal``: zero without
+        ``max_jitter``, otherwise whole milliseconds in ``[0, max_jitter)`` fixed by a
+        BLAKE2b hash, the same in every process.
+
+        A cron run (or a one-off run) hashes the canonical name (instance names
+        included) with the nominal time, and the offset is clamped below the gap to the
+        next cron time, so a jittered run never reaches the next run. An interval task
+        has no fixed grid to recover a nominal time from, so its offset hashes the
+        canonical name alone: a constant phase per task or instance, which keeps its
+        runs exactly ``interval`` apart.
+        """
+        if self.max_jitter is None:
+            return datetime.timedelta(0)
+        if self.interval is not None:
+            return self._phase()
+        window = self.max_jitter
+        nominal = to_utc(nominal)
         if self.schedule is not None:
-            after = max(scheduled_at, now) if self.fast_forward else scheduled_at
-            return next_cron(self.schedule, self._tzinfo, after)
-        return None
+            window = min(window, next_cron(self.schedule, self._tzinfo, nominal) - nominal)
+        units = window // JITTER_UNIT
+        if units <= 1:
+            return datetime.timedelta(0)
+        key = f"{self.canonical_name}\x00{nominal.isoformat()}"
+        return JITTER_UNIT * _jitter_units(key, units)
+
+    def _phase(self) -> datetime.timedelta:
+        """The constant jitter of an interval task (zero without ``max_jitter``)."""
+        if self.max_jitter is None:
+            return datetime.timedelta(0)
+        units = self.max_jitter // JITTER_UNIT
+        return JITTER_UNIT * _jitter_units(f"{self.canonical_name}\x00interval", units)
+
+    def _jittered(self, nominal: datetime.datetime) -> datetime.datetime:
+        if self.max_jitter is None:
+            return nominal
+        return nominal + self.jitter(nominal)
 
     def get_next_execution(
         self, utc_now: datetime.datetime, last_execution: datetime.datetime | None
@@ -394,9 +554,9 @@ class Task:
         template that has no schedule of its own. The result is in UTC.
         """
         if last_execution is None:
-            if self.execute_at is not None:
-                return self.execute_at
-            return self.next_run(utc_now, utc_now)
+            if self.execute_at is None and self.interval is None and self.schedule is None:
+                return None
+            return self.initial_run(utc_now)
         return self.next_run(last_execution, utc_now)
 
     # -- dynamic instances ----------------------------------------------------------
@@ -421,7 +581,15 @@ class Task:
             "failure_mode": self.failure_mode,
             "lease_duration": self.lease_duration,
             "fast_forward": self.fast_forward,
+            "misfire_grace_time": self.misfire_grace_time,
+            "coalesce": self.coalesce,
+            "max_jitter": self.max_jitter,
         }
+        # either spelling given for the instance replaces both inherited ones
+        if "coalesce" in overrides and "fast_forward" not in overrides:
+            options["fast_forward"] = False
+        elif "fast_forward" in overrides and "coalesce" not in overrides:
+            options["coalesce"] = None
         args = dict(self.extra_args)
         if any(overrides.get(kind) is not None for kind in _SCHEDULE_KINDS):
             for kind in _SCHEDULE_KINDS:
@@ -450,8 +618,9 @@ class Task:
         (seconds), ``execute_at`` (ISO 8601), ``timezone`` and ``extra_args``.
 
         An instance that overrides ``execution_mode``, ``failure_mode``,
-        ``lease_duration`` or ``fast_forward`` (which 1.x instances could not) carries
-        those keys too, so that :meth:`instantiate_from_spec` rebuilds it exactly.
+        ``lease_duration``, ``fast_forward``, ``misfire_grace_time``, ``coalesce`` or
+        ``max_jitter`` (which 1.x instances could not) carries those keys too, so that
+        :meth:`instantiate_from_spec` rebuilds it exactly.
         """
         spec: dict[str, Any] = {
             "name": self.name,
@@ -521,7 +690,7 @@ class Task:
         raw = json.loads(spec)
         overrides: dict[str, Any] = {}
         for key, value in raw.items():
-            if key in ("interval", "lease_duration") and isinstance(value, dict):
+            if key in _DURATION_OPTIONS and isinstance(value, dict):
                 value = datetime.timedelta(seconds=value["seconds"])
             elif key == "execute_at" and isinstance(value, dict):
                 value = datetime.datetime.fromisoformat(value["at"])

@@ -28,6 +28,7 @@ from pyncette.events import (
     EventBus,
     ExecutionFailed,
     ExecutionFinished,
+    ExecutionSkipped,
     ExecutionStarted,
     LeaseLost,
     TickFinished,
@@ -282,11 +283,17 @@ class Worker:
     async def _dispatch(
         self, template: Task | None, rows: list[Claimed], now: datetime.datetime
     ) -> None:
+        """Start the claimed ``rows`` (claimed at ``now``): commit at-most-once runs
+        first, and skip runs found later than their task's ``misfire_grace_time``."""
         at_most_once: list[tuple[Task, Claimed]] = []
         spawn = self._runner.spawn
         for row in rows:
             task = self._resolve(template, row)
             if task is None:
+                continue
+            grace = task.misfire_grace_time
+            if grace is not None and now - row.scheduled_at > grace:
+                self._skip_misfire(task, row, now, grace)
                 continue
             if task.execution_mode is ExecutionMode.AT_MOST_ONCE:
                 at_most_once.append((task, row))
@@ -301,7 +308,7 @@ class Worker:
             ):
                 logger.warning("Lease lost on %s before it started; skipping", task)
                 continue
-            await spawn(self._execute(task, row))
+            await spawn(self._execute(task, row, claimed_at=now))
         if at_most_once:
             group = rows[0].group
             commits = [
@@ -317,6 +324,26 @@ class Worker:
                     logger.warning("Lease lost on %s before it started; skipping", task)
                 else:
                     await spawn(self._execute(task, row, at_most_once=True))
+
+    def _skip_misfire(
+        self, task: Task, row: Claimed, now: datetime.datetime, grace: datetime.timedelta
+    ) -> None:
+        """Do not run ``row``: move it on to its next run (by the task's ``coalesce``;
+        a one-off row is removed) under the lease it was claimed with."""
+        late = (now - row.scheduled_at).total_seconds()
+        logger.warning(
+            "Skipped %s (scheduled at %s): claimed %.3f s late, more than its "
+            "misfire_grace_time of %.3f s",
+            task,
+            row.scheduled_at.isoformat(),
+            late,
+            grace.total_seconds(),
+        )
+        if self._events.active:
+            reason = f"misfire: {late:.3f} s late, grace {grace.total_seconds():.3f} s"
+            self._events.emit(ExecutionSkipped(task, row.scheduled_at, reason))
+        next_at = task.next_run(row.scheduled_at, now, claimed_at=now)
+        self._commits.submit(row.group, Commit(row.name, row.lease, next_at))
 
     def _resolve(self, template: Task | None, row: Claimed) -> Task | None:
         if template is None:
@@ -350,7 +377,14 @@ class Worker:
 
     # -- one execution ----------------------------------------------------------------
 
-    async def _execute(self, task: Task, row: Claimed, *, at_most_once: bool = False) -> None:
+    async def _execute(
+        self,
+        task: Task,
+        row: Claimed,
+        *,
+        at_most_once: bool = False,
+        claimed_at: datetime.datetime | None = None,
+    ) -> None:
         context = Context.for_execution(
             app_context=self._app_context,
             task=task,
@@ -417,7 +451,7 @@ class Worker:
         if lease is None:
             logger.warning("Lease on %s was lost; not committing", task)
             return
-        next_at = task.next_run(row.scheduled_at, self._clock.now())
+        next_at = task.next_run(row.scheduled_at, self._clock.now(), claimed_at=claimed_at)
         self._commits.submit(row.group, Commit(row.name, lease, next_at))
 
     def _invoke(self, context: Context) -> Awaitable[None]:

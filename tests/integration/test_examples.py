@@ -26,6 +26,7 @@ EXAMPLES = ROOT / "examples"
         ("delay_queue.py", "sending 'Welcome!'"),
         ("fixtures_middlewares.py", "record took"),
         ("heartbeat.py", "cooperative: step 0 done"),
+        ("scheduling_policies.py", "skipped snapshot scheduled at"),
         ("opentelemetry_tracing.py", "span 'pyncette report' UNSET pyncette.task.name='report'"),
     ],
 )
