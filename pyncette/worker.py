@@ -49,6 +49,9 @@ LEASE_TOLERANCE = datetime.timedelta(seconds=1)
 """A claimed lease this far off the task's lease_duration is extended to match it."""
 MIN_CALL_TIMEOUT = 1.0
 """Seconds a repository call of the loop may take at the least (see :meth:`Worker.poll`)."""
+SHUTDOWN_CLAIM_GRACE = 2.0
+"""Seconds :meth:`Worker.shutdown` waits for a claim already sent, so that the rows it
+took are handed back at once instead of lapsing with their leases."""
 
 
 class Claimed(NamedTuple):
@@ -103,6 +106,7 @@ class Worker:
         self._targets: list[tuple[str, Task | None]] = []
         self._polled: set[str] = set()
         self._timeouts: dict[str, float] = {}
+        self._limits: dict[str, int] = {}
         self._claiming: asyncio.Future[ClaimResult] | None = None
         self._wake = asyncio.Event()
         self._wake_at: datetime.datetime | None = None
@@ -201,8 +205,11 @@ class Worker:
         self._stopping = True
         self._wake.set()
         self._runner.wake()
-        if self._claiming is not None:  # do not wait for a claim that may never answer
-            self._claiming.cancel()
+        claiming = self._claiming
+        if claiming is not None and not claiming.done():
+            # the server may have taken rows for this claim already: give it a moment to
+            # answer, so that they are handed back rather than left to lapse
+            self._background(self._cut_short(claiming))
 
     async def drain(self) -> None:
         """Wait for commits in flight and background releases (after the executions)."""
@@ -227,20 +234,24 @@ class Worker:
                 if self._stopping:
                     break
                 now = self._clock.now()
-            limit = min(self._settings.batch_size, runner.capacity)
+            limit = min(self._limits.get(group, self._settings.batch_size), runner.capacity)
             now = self._clock.now()  # each group's leases count from its own claim
             sent = self._timer.reading()
             result = await self._claim(group, now, limit)
             if result is None:  # shutdown() while the claim was on its way
                 break
+            elapsed = self._timer.reading() - sent
+            self._adapt(group, limit, elapsed)
             if result.records:
                 rows = claimed_rows(group, result.records)
+                if self._stopping:  # the claim answered after shutdown(): hand them back
+                    self._hand_back(rows)
+                    break
                 # a run that neither commits nor unlocks is claimable again at its expiry
                 expiry = min(row.locked_until for row in rows)
                 wake_at = min(wake_at, expiry)
-                elapsed = self._timer.reading() - sent
                 if elapsed * 2 >= (expiry - now).total_seconds():
-                    rows = _trusted(rows, now, elapsed)
+                    rows = _trusted(rows, now, elapsed, self._hand_back)
                 claimed += len(rows)
                 await self._dispatch(template, rows, now)
             if len(result.records) >= limit:
@@ -251,7 +262,8 @@ class Worker:
 
     async def _claim(self, group: str, now: datetime.datetime, limit: int) -> ClaimResult | None:
         """Claim from ``group``, giving up after the group's call timeout (a connection
-        that stalls must not stop the loop); ``None`` if :meth:`shutdown` cut it short."""
+        that stalls must not stop the loop); ``None`` if :meth:`shutdown` came while the
+        claim was on its way and it did not answer within ``SHUTDOWN_CLAIM_GRACE``."""
         timeout = self._timeouts.get(group, MIN_CALL_TIMEOUT)
         lease = Lease(uuid.uuid4().hex)
         call = self._claiming = asyncio.ensure_future(
@@ -270,10 +282,37 @@ class Worker:
         try:
             return call.result()
         except TimeoutError:
+            smaller = max(limit // 2, 1)
+            self._limits[group] = smaller
             raise TimeoutError(
-                f"The claim of group {group!r} got no answer within {timeout:.1f} s; "
-                "abandoned (what it claimed is taken again when its leases expire)"
+                f"The claim of {limit} rows of group {group!r} got no answer within "
+                f"{timeout:.1f} s; abandoned (what it claimed is taken again when its leases "
+                f"expire), the next claims ask for {smaller}"
             ) from None
+
+    async def _cut_short(self, claiming: asyncio.Future[ClaimResult]) -> None:
+        with contextlib.suppress(TimeoutError, asyncio.TimeoutError, asyncio.CancelledError):
+            await self._timer.bounded(asyncio.shield(claiming), SHUTDOWN_CLAIM_GRACE)
+        claiming.cancel()
+
+    def _adapt(self, group: str, limit: int, elapsed: float) -> None:
+        """After a claim of ``limit`` rows answered in ``elapsed`` s: a batch size halved
+        by a timeout grows back, doubling, while claims take less than a quarter of the
+        call timeout."""
+        current = self._limits.get(group)
+        if current is None or limit < current:
+            return
+        if elapsed * 4 < self._timeouts.get(group, MIN_CALL_TIMEOUT):
+            if current * 2 >= self._settings.batch_size:
+                del self._limits[group]
+            else:
+                self._limits[group] = current * 2
+
+    def _hand_back(self, rows: Sequence[Claimed]) -> None:
+        """Unlock, in the background, rows this instance will not run (lease-guarded: a
+        row another instance has taken over meanwhile stays theirs)."""
+        for row in rows:
+            self._background(self._release(row, row.lease))
 
     async def _bounded(self, group: str, call: Callable[[], Awaitable[T]]) -> T:
         """``call()`` with the group's call timeout (made here, so that a call cancelled
@@ -352,7 +391,7 @@ class Worker:
                 # A static task this instance does not run (disabled here, or removed):
                 # hand it back at once so an instance that runs it can claim it.
                 logger.debug("Releasing static task %r: not enabled here", row.name)
-                self._background(self._repository.unlock(row.group, row.name, row.lease))
+                self._hand_back([row])
             return task
         try:
             return template.from_spec(row.name, row.spec or "{}")
@@ -540,21 +579,32 @@ def _half(lease: datetime.timedelta) -> float:
     return max(lease.total_seconds() / 2, MIN_CALL_TIMEOUT)
 
 
-def _trusted(rows: list[Claimed], sent: datetime.datetime, elapsed: float) -> list[Claimed]:
+def _trusted(
+    rows: list[Claimed],
+    sent: datetime.datetime,
+    elapsed: float,
+    release: Callable[[Sequence[Claimed]], None],
+) -> list[Claimed]:
     """The rows of a claim sent at ``sent`` and answered ``elapsed`` seconds later that
-    may start: those with more than half their lease left. The others are left to
-    expire (another instance may already have taken them over) and are claimed again
-    then."""
-    trusted = [row for row in rows if elapsed * 2 < (row.locked_until - sent).total_seconds()]
-    if len(trusted) < len(rows):
+    may start: those with more than half their lease left. The others are handed back
+    with ``release`` (lease-guarded, so a row another instance has taken over meanwhile
+    is not touched) and claimed again."""
+    trusted, late = [], []
+    for row in rows:
+        if elapsed * 2 < (row.locked_until - sent).total_seconds():
+            trusted.append(row)
+        else:
+            late.append(row)
+    if late:
         logger.warning(
             "A claim of %d rows of group %r was answered after %.1f s, more than half "
-            "their lease; %d of them are left to expire and be claimed again",
+            "their lease; %d of them are handed back to be claimed again",
             len(rows),
             rows[0].group,
             elapsed,
-            len(rows) - len(trusted),
+            len(late),
         )
+        release(late)
     return trusted
 
 

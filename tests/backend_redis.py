@@ -86,7 +86,7 @@ def free_port(*, with_bus: bool = False) -> int:
     raise RuntimeError("no free port found")
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child before exec: have Linux SIGKILL it when the test process dies, so a
     killed test run (SIGKILL, or a SIGTERM that skips finalizers) leaves no server."""
     if sys.platform == "linux":
@@ -121,7 +121,7 @@ class RedisServer:
             args,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         deadline = time.monotonic() + timeout
         while not self._ready():

@@ -14,12 +14,10 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import datetime
 import json
 import os
 import queue
-import signal
 import subprocess
 import sys
 import threading
@@ -30,15 +28,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from backend_redis import die_with_parent
 from pyncette.repository import Repository
 from pyncette.task import STATIC_GROUP, Task
+from pyncette.timeutil import from_epoch_us
 
 T = TypeVar("T")
 
 LONG_ENV = "PYNCETTE_CHAOS_LONG"
 TESTS_DIR = Path(__file__).resolve().parent.parent
-EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
-US = datetime.timedelta(microseconds=1)
 
 
 def long_form() -> bool:
@@ -124,7 +122,7 @@ class StoreDump:
 
 def _from_us(value: Any, what: str, problems: list[str]) -> datetime.datetime | None:
     try:
-        return EPOCH + datetime.timedelta(microseconds=int(value))
+        return from_epoch_us(int(value))
     except (OverflowError, ValueError, TypeError) as exc:
         problems.append(f"{what}: {value!r} is not a time ({exc})")
         return None
@@ -470,14 +468,6 @@ def undecodable(dump: StoreDump, tasks: Mapping[str, Task]) -> list[str]:
 # -- the start-up storm -----------------------------------------------------------------
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: Linux kills it (SIGKILL) when the test process dies,
-    so an interrupted run leaves no process behind."""
-    if sys.platform == "linux":
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
 class StormError(AssertionError):
     """A storm process failed, hung or broke the protocol."""
 
@@ -533,7 +523,7 @@ class StormProcesses:
                     bufsize=1,
                     env=environment,
                     cwd=str(TESTS_DIR),
-                    preexec_fn=_die_with_parent,
+                    preexec_fn=die_with_parent,
                 )
                 self._processes.append(process)
                 for stream, sink in ((process.stdout, True), (process.stderr, False)):

@@ -312,3 +312,93 @@ async def test_a_commit_that_never_returns_is_retried_and_does_not_block_shutdow
             state = await ctx.get_task(app.tasks["ticking"])
     assert runs == [T0 + 10 * S, T0 + 20 * S, T0 + 30 * S, T0 + 40 * S]
     assert state is not None and state.scheduled_at == T0 + 50 * S
+
+
+class PerRowClaim(RepositoryProxy):
+    """Every claim takes ``per_row`` seconds of the fake clock per row it asks for before
+    the store sees it: a backend that writes each claimed row apart (DynamoDB does)."""
+
+    def __init__(self, inner: Repository, clock: FakeClock, per_row: float) -> None:
+        super().__init__(inner)
+        self.clock, self.per_row = clock, per_row
+
+    async def claim(
+        self, group: str, *, now: datetime.datetime, limit: int, lease: Lease
+    ) -> ClaimResult:
+        await self.clock.sleep(self.per_row * limit)
+        return await self.inner.claim(group, now=now, limit=limit, lease=lease)
+
+
+async def test_claims_too_slow_for_a_full_batch_still_make_progress() -> None:
+    """Regression (found by the chaos suite): a claim that takes longer than half a
+    lease is abandoned and retried with the same limit; when a claim's time grows with
+    its batch (DynamoDB writes each row apart; the kill storm on moto, 100-row batches,
+    2 s leases), every claim is abandoned and nothing due ever runs."""
+    clock = FakeClock(T0)
+    app = make_app(shared_store(), clock, batch_size=100)
+    runs: list[datetime.datetime] = []
+
+    @app.dynamic_task(lease_duration=2 * S)
+    async def queue(context: Context) -> None:
+        runs.append(context.scheduled_at)
+
+    # 100 rows: 1.2 s, past the 1 s the loop allows a call with a 2 s lease; 50 rows: 0.6 s
+    slowed(app, lambda repo: PerRowClaim(repo, clock, 0.012))
+    with anyio.fail_after(60):
+        async with running(app) as ctx:
+            for index in range(100):
+                await ctx.schedule_task(queue, f"job-{index}", execute_at=T0 + S)
+            await clock.advance(120)
+    assert len(runs) == 100, f"{len(runs)} of 100 due runs executed in two minutes"
+
+
+class LateAnswer(RepositoryProxy):
+    """The first claim of ``group`` that takes rows is applied at once and answered
+    ``seconds`` of the fake clock later."""
+
+    def __init__(self, inner: Repository, clock: FakeClock, group: str, seconds: float) -> None:
+        super().__init__(inner)
+        self.clock, self.group, self.seconds = clock, group, seconds
+        self.armed = True
+
+    async def claim(
+        self, group: str, *, now: datetime.datetime, limit: int, lease: Lease
+    ) -> ClaimResult:
+        result = await self.inner.claim(group, now=now, limit=limit, lease=lease)
+        if self.armed and group == self.group and result.records:
+            self.armed = False
+            await self.clock.sleep(self.seconds)
+        return result
+
+
+async def test_rows_claimed_while_shutting_down_are_handed_back() -> None:
+    """Regression (found by the start-up storm in CI): shutdown() cancelled a claim on
+    its way, although the server had taken its rows already; nobody ran them until
+    their leases expired (a minute by default)."""
+    clock = FakeClock(T0)
+    backend = shared_store()
+    started: list[tuple[str, datetime.datetime]] = []
+
+    def app(name: str) -> tuple[Pyncette, Any]:
+        made = make_app(backend, clock)
+
+        @made.dynamic_task(lease_duration=60 * S)
+        async def queue(context: Context) -> None:
+            started.append((name, context.app_context.clock.now()))
+
+        return made, queue
+
+    (first, queue), (second, _) = app("first"), app("second")
+    slowed(first, lambda repo: LateAnswer(repo, clock, "queue", 1.0))
+    with anyio.fail_after(60):
+        async with first.create() as ctx:
+            loop = asyncio.ensure_future(ctx.run())
+            await ctx.schedule_task(queue, "job", execute_at=T0 + 10 * S)
+            await clock.advance(10.5)  # first's claim took the job; its answer is on the way
+            ctx.shutdown()
+            await clock.until_done(loop)
+            await loop
+        async with running(second):
+            await clock.advance(5)
+    assert [name for name, _ in started] == ["second"], started
+    assert started[0][1] < T0 + 20 * S, f"the job waited for its lease to expire: {started}"
