@@ -500,6 +500,12 @@ def scenario_contention(services: Services, args: argparse.Namespace, report: Re
     run(services, args, report)
 
 
+def scenario_wakeup(services: Services, args: argparse.Namespace, report: Report) -> None:
+    from benchmarks.wakeup import scenario_wakeup as run
+
+    run(services, args, report)
+
+
 SCENARIOS: dict[str, Callable[[Services, argparse.Namespace, Report], None]] = {
     "drain": scenario_drain,
     "steady": scenario_steady,
@@ -507,6 +513,7 @@ SCENARIOS: dict[str, Callable[[Services, argparse.Namespace, Report], None]] = {
     "scale": scenario_scale,
     "scale-out": scenario_scale_out,
     "contention": scenario_contention,
+    "wakeup": scenario_wakeup,
 }
 
 DEFAULT_N = {
@@ -516,6 +523,7 @@ DEFAULT_N = {
     "scale": 0,
     "scale-out": 20000,
     "contention": 20000,
+    "wakeup": 100,
 }
 
 
@@ -578,7 +586,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         args.n = DEFAULT_N[args.scenario]
     if args.repeat is None:
         args.repeat = 3 if args.compare else 1
-    if args.compare and args.scenario in ("scale", "scale-out", "contention"):
+    if args.compare and args.scenario in ("scale", "scale-out", "contention", "wakeup"):
         parser.error("--compare applies to drain, steady and register")
     if args.profile:
         os.makedirs(args.profile, exist_ok=True)

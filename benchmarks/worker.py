@@ -14,6 +14,7 @@ import gc
 import importlib
 import json
 import logging
+import random
 import resource
 import sys
 import time
@@ -72,6 +73,8 @@ def make_app(config: dict[str, Any]) -> Pyncette:
     kwargs["batch_size"] = config.get("batch_size", 100)
     kwargs["concurrency_limit"] = config.get("concurrency_limit", 100)
     kwargs["poll_interval"] = datetime.timedelta(seconds=config.get("poll_interval", 1.0))
+    if config.get("instant_wakeups"):  # ours only: 1.x has no such option
+        kwargs["instant_wakeups"] = True
     return Pyncette(**kwargs)
 
 
@@ -397,6 +400,43 @@ async def steady(config: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+async def wakeup_worker(config: dict[str, Any]) -> dict[str, Any]:
+    """Poll (and listen, with ``instant_wakeups``) for ``duration`` seconds, logging each
+    execution of ``bench_wake`` as ``[name, scheduled_at, start]`` (epoch seconds)."""
+    app = make_app(config)
+    log: list[list[Any]] = []
+
+    @app.dynamic_task(name="bench_wake")
+    async def bench_wake(context: Any) -> None:
+        log.append([context.task.name, context.scheduled_at.timestamp(), time.time()])
+
+    async with app.create() as ctx:
+        running = asyncio.ensure_future(ctx.run())
+        await asyncio.sleep(max(0.0, config["start_at"] + config["duration"] - time.time()))
+        ctx.shutdown()
+        await running
+    return {"_log": log, "executions": len(log)}
+
+
+async def wakeup_source(config: dict[str, Any]) -> dict[str, Any]:
+    """From ``start_at``, schedule ``n`` one-off ``bench_wake`` instances due at once,
+    one every 0.1-0.3 s (seeded), through an app that runs no poll loop."""
+    app = make_app(config)
+
+    @app.dynamic_task(name="bench_wake")
+    async def bench_wake(context: Any) -> None:  # never runs here
+        pass
+
+    pause = random.Random(config.get("seed", 0))
+    async with app.create() as ctx:
+        await wait_until(config["start_at"])
+        for index in range(config["n"]):
+            now = datetime.datetime.now(UTC)
+            await ctx.schedule_task(bench_wake, f"w{index}", execute_at=now)
+            await asyncio.sleep(pause.uniform(0.1, 0.3))
+    return {"scheduled": config["n"]}
+
+
 def percentile(ordered: list[float], q: float) -> float | None:
     if not ordered:
         return None
@@ -518,6 +558,8 @@ SCENARIOS = {
     "steady": steady,
     "register": register,
     "scale": scale,
+    "wakeup_worker": wakeup_worker,
+    "wakeup_source": wakeup_source,
 }
 
 

@@ -61,6 +61,10 @@ class Pyncette:
     :func:`pyncette.sqlite.sqlite_repository`, which runs in memory unless
     ``sqlite_database`` names a file. As in Pyncette 1.x, options are checked when the
     app starts (:meth:`create`), not here.
+
+    ``instant_wakeups=True`` makes a run scheduled for before the next poll start on the
+    other instances at once, where the backend has a channel for it (PostgreSQL
+    ``LISTEN/NOTIFY``, Redis pub/sub); elsewhere they poll as without it.
     """
 
     def __init__(
@@ -72,6 +76,7 @@ class Pyncette:
         batch_size: int = 100,
         *,
         clock: Clock | None = None,
+        instant_wakeups: bool = False,
         **backend_options: Any,
     ) -> None:
         self.repository_factory: RepositoryFactory = (
@@ -81,6 +86,7 @@ class Pyncette:
         self.poll_interval = poll_interval
         self.concurrency_limit = concurrency_limit
         self.batch_size = batch_size
+        self.instant_wakeups = instant_wakeups
         self.clock: Clock = clock or DefaultClock()
         self.backend_options = backend_options
         self._tasks: dict[str, Task] = {}
@@ -233,6 +239,7 @@ class Pyncette:
             poll_interval=self.poll_interval,
             concurrency_limit=self.concurrency_limit,
             batch_size=self.batch_size,
+            instant_wakeups=self.instant_wakeups,
         )
         async with contextlib.AsyncExitStack() as stack:
             repository = await stack.enter_async_context(

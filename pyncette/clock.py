@@ -88,7 +88,9 @@ def _resolve(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
-_real_timeout = asyncio.timeout  # taken at import, before any test harness patches asyncio
+real_timeout = asyncio.timeout
+"""``asyncio.timeout`` as it was at import, before any test harness patched asyncio: a
+deadline in the event loop's real time."""
 
 
 class CallTimer:
@@ -114,5 +116,5 @@ class CallTimer:
         """Await ``awaitable``; cancel it and raise ``TimeoutError`` after ``timeout`` s."""
         if self._virtual is not None:
             return await self._virtual.wait_for(awaitable, timeout)
-        async with _real_timeout(timeout):
+        async with real_timeout(timeout):
             return await awaitable

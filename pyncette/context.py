@@ -67,7 +67,7 @@ class PyncetteContext:
         self._worker.poll(list(app.tasks.values()))
 
     def _due(self, group: str, due_at: datetime.datetime | None) -> None:
-        self._worker.note_due(group, due_at)
+        self._worker.announce(group, due_at)
 
     @property
     def app(self) -> Pyncette:

@@ -130,10 +130,16 @@ class AppSettings:
     poll_interval: datetime.timedelta
     concurrency_limit: int
     batch_size: int
+    instant_wakeups: bool = False
 
     @classmethod
     def from_options(
-        cls, *, poll_interval: object, concurrency_limit: object, batch_size: object
+        cls,
+        *,
+        poll_interval: object,
+        concurrency_limit: object,
+        batch_size: object,
+        instant_wakeups: object = False,
     ) -> AppSettings:
         return cls(
             poll_interval=datetime.timedelta(
@@ -141,4 +147,5 @@ class AppSettings:
             ),
             concurrency_limit=positive_int("concurrency_limit", concurrency_limit),
             batch_size=positive_int("batch_size", batch_size),
+            instant_wakeups=boolean("instant_wakeups", instant_wakeups),
         )

@@ -33,6 +33,12 @@ respect to concurrent callers in this and other processes. All datetimes passed 
 and returned are timezone-aware UTC; backends must keep at least millisecond
 precision and return exactly what they store.
 
+Wake-ups (optional): a backend that can carry messages between processes (PostgreSQL
+``LISTEN/NOTIFY``, Redis pub/sub) overrides :attr:`Repository.wake_ups`,
+:meth:`Repository.announce` and :meth:`Repository.listen`, so that a row scheduled
+sooner by one instance starts on the others without waiting for their next poll.
+Messages may be lost (a dropped listener misses them); polling stays the guarantee.
+
 Errors: a backend raises :class:`~pyncette.errors.BackendUnavailableError` (or lets
 its driver's connection errors through) when it cannot reach storage; the core logs,
 backs off and retries. Refusals (stale lease, locked row) are reported through
@@ -43,6 +49,8 @@ from __future__ import annotations
 
 import abc
 import datetime
+import json
+import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from contextlib import AbstractAsyncContextManager
@@ -50,8 +58,10 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from pyncette.model import ContinuationToken, Lease
+from pyncette.timeutil import from_epoch_us, to_epoch_us
 
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +218,21 @@ class Repository(abc.ABC):
     async def unregister(self, group: str, name: str) -> bool:
         """Delete the row; return whether it existed. A live lease does not prevent it."""
 
+    @property
+    def wake_ups(self) -> bool:
+        """Whether :meth:`announce` reaches the :meth:`listen` of other processes."""
+        return False
+
+    async def announce(self, group: str, due_at: datetime.datetime) -> None:  # noqa: B027
+        """Tell every process listening on this store that a row of ``group`` is due at
+        ``due_at``. Best effort; by default nothing is sent."""
+
+    async def listen(self, wake: Callable[[str, datetime.datetime], None]) -> None:
+        """Call ``wake(group, due_at)`` for each :meth:`announce` made on this store
+        (this process's own included), until cancelled. Raises when the channel fails
+        (the core starts it again after a pause). Only called if :attr:`wake_ups`."""
+        raise NotImplementedError(f"{type(self).__name__} has no wake-ups")
+
     @abc.abstractmethod
     async def get(self, group: str, name: str) -> Record | None:
         """Return the row, or ``None`` if it does not exist."""
@@ -294,6 +319,16 @@ class RepositoryProxy(Repository):
     async def get(self, group: str, name: str) -> Record | None:
         return await self.around_group("get", group, self.inner.get(group, name))
 
+    @property
+    def wake_ups(self) -> bool:
+        return self.inner.wake_ups
+
+    async def announce(self, group: str, due_at: datetime.datetime) -> None:
+        await self.around_group("announce", group, self.inner.announce(group, due_at))
+
+    async def listen(self, wake: Callable[[str, datetime.datetime], None]) -> None:
+        await self.inner.listen(wake)
+
     async def list(
         self,
         group: str,
@@ -303,6 +338,25 @@ class RepositoryProxy(Repository):
     ) -> Page:
         call = self.inner.list(group, limit=limit, continuation_token=continuation_token)
         return await self.around_group("list", group, call)
+
+
+def wake_up_message(group: str, due_at: datetime.datetime) -> str:
+    """The text a backend sends for :meth:`Repository.announce` (JSON, ASCII only)."""
+    return json.dumps([group, to_epoch_us(due_at)])
+
+
+def deliver_wake_up(message: str | bytes, wake: Callable[[str, datetime.datetime], None]) -> None:
+    """Call ``wake`` with what :func:`wake_up_message` encoded in ``message``; a message
+    that is not one (another program on the same channel) is logged and dropped."""
+    try:
+        group, micros = json.loads(message)
+        if not isinstance(group, str) or isinstance(micros, bool) or not isinstance(micros, int):
+            raise TypeError("not [group, microseconds]")
+        due_at = from_epoch_us(micros)
+    except (ValueError, TypeError, OverflowError) as error:
+        logger.debug("Ignored a wake-up message that is not pyncette's: %r (%s)", message, error)
+        return
+    wake(group, due_at)
 
 
 RepositoryFactory = Callable[..., AbstractAsyncContextManager[Repository]]

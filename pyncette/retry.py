@@ -11,6 +11,7 @@ The named defaults below are the only retry numbers in pyncette:
 what is retried                    policy                    attempts (first included)
 =================================  ========================  ==========================
 a failed tick (poll loop)          :data:`POLL`              until it succeeds
+a failed wake-up listener          :data:`POLL`              until the loop stops
 a commit                           :data:`COMMIT`            :data:`COMMIT_ATTEMPTS`
 SQLite busy at start-up (WAL)      :data:`STARTUP`           within the busy timeout
 SQL deadlock / unique-key race     :data:`CONFLICT`          :data:`CONFLICT_ATTEMPTS`

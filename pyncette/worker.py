@@ -108,6 +108,8 @@ class Worker:
         self._timeouts: dict[str, float] = {}
         self._limits: dict[str, int] = {}
         self._claiming: asyncio.Future[ClaimResult] | None = None
+        self._announcing: dict[str, datetime.datetime] = {}
+        self._stopped = asyncio.Event()
         self._wake = asyncio.Event()
         self._wake_at: datetime.datetime | None = None
         self._hint: datetime.datetime | None = None
@@ -152,11 +154,74 @@ class Worker:
         elif due_at < wake_at:
             self._wake.set()
 
+    def announce(self, group: str, due_at: datetime.datetime | None) -> None:
+        """Something in ``group`` was scheduled (or triggered) here for ``due_at``: wake
+        this loop, and with ``instant_wakeups`` the other instances too, if it is due
+        before their next poll. Announcements made together go out as one per group."""
+        self.note_due(group, due_at)
+        if (
+            due_at is None
+            or not self._settings.instant_wakeups
+            or not self._repository.wake_ups
+            or due_at > self._clock.now() + self._settings.poll_interval
+        ):
+            return
+        pending = self._announcing
+        if not pending:
+            self._background(self._send_announcements())
+        if group not in pending or due_at < pending[group]:
+            pending[group] = due_at
+
+    async def _send_announcements(self) -> None:
+        await yield_to_loop()  # let the callers of this turn of the loop add theirs
+        pending, self._announcing = self._announcing, {}
+        for group, due_at in pending.items():
+            try:
+                call = functools.partial(self._repository.announce, group, due_at)
+                await self._bounded(group, call)
+            except Exception as error:
+                logger.warning(
+                    "Could not announce group %r to other instances (%s); they find it "
+                    "at their next poll",
+                    group,
+                    error,
+                )
+
+    async def _listen(self) -> None:
+        """Keep the backend's wake-up channel open while the loop runs."""
+        failures = 0
+        while not self._stopping:
+            opened = self._clock.now()
+            try:
+                await self._repository.listen(self.note_due)
+                raise ConnectionError("the wake-up channel closed")
+            except Exception as error:
+                if self._clock.now() - opened > self._settings.poll_interval * 4:
+                    failures = 0  # it had been working: not a failure in a row
+                failures += 1
+                delay = retry.POLL.delay(failures)
+                logger.warning(
+                    "Wake-up channel failed (%s); polling only, listening again in %.1f s",
+                    error,
+                    delay,
+                )
+                await self._clock.sleep(delay)
+
     # -- the loop ---------------------------------------------------------------------
 
     async def run(self) -> None:
         poll = self._settings.poll_interval.total_seconds()
         failures = 0
+        listener: asyncio.Future[None] | None = None
+        if self._settings.instant_wakeups:
+            if self._repository.wake_ups:
+                listener = asyncio.ensure_future(self._listen())
+            else:
+                logger.info(
+                    "instant_wakeups: %s has no wake-up channel; polling every %.3f s",
+                    type(self._repository).__name__,
+                    poll,
+                )
         try:
             while not self._stopping:
                 self._wake.clear()
@@ -189,6 +254,10 @@ class Worker:
                 self._wake_at = None
         finally:
             self._wake_at = None
+            if listener is not None:
+                listener.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await listener
 
     def _tick_finished(self, started: float, claimed: int, error: BaseException | None) -> None:
         if self._events.active:

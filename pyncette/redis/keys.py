@@ -30,6 +30,11 @@ def group_keys(namespace: str, group: str) -> GroupKeys:
     return GroupKeys(base + "rows", base + "due", base + "names")
 
 
+def wake_channel(namespace: str) -> str:
+    """The pub/sub channel of ``instant_wakeups`` for ``namespace``."""
+    return f"{PREFIX}:{{{namespace}}}:wake"
+
+
 def namespace_pattern(namespace: str) -> str:
     """A ``SCAN MATCH`` pattern for every key of ``namespace``."""
     return f"{PREFIX}:{{{namespace}:*"

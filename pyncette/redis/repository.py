@@ -6,7 +6,7 @@ import asyncio
 import datetime
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from redis import exceptions as rex
@@ -16,7 +16,7 @@ from redis.asyncio.cluster import RedisCluster
 from pyncette.batching import chunks
 from pyncette.errors import BackendUnavailableError
 from pyncette.model import ContinuationToken, Lease
-from pyncette.redis.keys import group_keys
+from pyncette.redis.keys import group_keys, wake_channel
 from pyncette.redis.scripts import (
     CLAIM,
     COMMIT,
@@ -27,7 +27,16 @@ from pyncette.redis.scripts import (
     UNREGISTER,
     Script,
 )
-from pyncette.repository import ClaimResult, Commit, Page, Record, Registration, Repository
+from pyncette.repository import (
+    ClaimResult,
+    Commit,
+    Page,
+    Record,
+    Registration,
+    Repository,
+    deliver_wake_up,
+    wake_up_message,
+)
 from pyncette.timeutil import duration_us, from_epoch_us, to_epoch_us
 
 logger = logging.getLogger(__name__)
@@ -47,6 +56,8 @@ UNAVAILABLE: tuple[type[Exception], ...] = (
 
 _CHUNK = 500
 """Rows per script call for batch writes, so one call never blocks Redis for long."""
+KEEPALIVE = 30.0
+"""Seconds a subscribed connection may stay silent before it is pinged."""
 MAX_IN_FLIGHT = 64
 """Commands one repository sends at once. redis-py's pools refuse (rather than queue) a
 command beyond their size (100 connections per server), so calls wait here instead."""
@@ -124,6 +135,36 @@ class RedisRepository(Repository):
         except rex.NoScriptError:
             logger.info("Loading Lua script %r into Redis", script.name)
             return await self._execute("EVAL", script.source, len(keys), *keys, *args)
+
+    # -- wake-ups (pub/sub) -----------------------------------------------------------
+
+    @property
+    def wake_ups(self) -> bool:
+        return True
+
+    async def announce(self, group: str, due_at: datetime.datetime) -> None:
+        await self._execute(
+            "PUBLISH", wake_channel(self._namespace), wake_up_message(group, due_at)
+        )
+
+    async def listen(self, wake: Callable[[str, datetime.datetime], None]) -> None:
+        """``SUBSCRIBE`` on a connection of its own (on a cluster, to one node: the
+        cluster bus forwards every ``PUBLISH`` to all of them)."""
+        pubsub = self._client.pubsub()
+        try:
+            await pubsub.subscribe(wake_channel(self._namespace))
+            while True:
+                message = await pubsub.get_message(
+                    ignore_subscribe_messages=True, timeout=KEEPALIVE
+                )
+                if message is None:
+                    await pubsub.ping()
+                elif message.get("type") == "message":
+                    deliver_wake_up(message["data"], wake)
+        except UNAVAILABLE as exc:
+            raise BackendUnavailableError(f"Redis wake-up channel: {exc}") from exc
+        finally:
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def claim(
         self, group: str, *, now: datetime.datetime, limit: int, lease: Lease

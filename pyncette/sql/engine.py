@@ -99,6 +99,9 @@ class Capabilities:
     a registration updates only the rows it may and, with ``RETURNING``, reports them.
     Otherwise (MySQL/MariaDB) ``INSERT … ON DUPLICATE KEY UPDATE`` with guarded
     (``IF``) assignments, evaluated left to right."""
+    notify: bool = False
+    """``LISTEN``/``NOTIFY`` between sessions (PostgreSQL): the wake-up channel of
+    ``instant_wakeups``."""
 
 
 def detect_capabilities(dialect: Dialect) -> Capabilities:
@@ -112,6 +115,7 @@ def detect_capabilities(dialect: Dialect) -> Capabilities:
             "advisory",
             {"isolation_level": "AUTOCOMMIT"},
             array_params=True,
+            notify=True,
         )
     if dialect.name in ("mysql", "mariadb"):
         version = tuple(dialect.server_version_info or ())

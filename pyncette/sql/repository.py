@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime
 import functools
+import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
-from sqlalchemy import Table
+from sqlalchemy import Table, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from pyncette import retry
 from pyncette.batching import chunks
-from pyncette.clock import real_sleep
+from pyncette.clock import real_sleep, real_timeout
 from pyncette.model import ContinuationToken, Lease
 from pyncette.repository import (
     ClaimResult,
@@ -22,7 +25,9 @@ from pyncette.repository import (
     Record,
     Registration,
     Repository,
+    deliver_wake_up,
     fold_registrations,
+    wake_up_message,
 )
 from pyncette.sql.engine import (
     Capabilities,
@@ -35,6 +40,10 @@ from pyncette.sql.statements import Statements
 from pyncette.timeutil import duration_us, to_epoch_us
 
 T = TypeVar("T")
+
+KEEPALIVE = 30.0
+"""Seconds between checks that the ``LISTEN`` connection still answers."""
+_NOTIFY = text("SELECT pg_notify(:channel, :payload)")
 
 CHUNK = 200
 """Rows per statement in batched writes (keeps bound parameters well under every limit)."""
@@ -84,6 +93,9 @@ class SqlRepository(Repository):
         self._caps = caps
         self._where = where
         self._sql = Statements(table, caps)
+        # one channel per table; hashed, as channel names are identifiers of <= 63 bytes
+        digest = hashlib.sha256(table.fullname.encode("utf-8")).hexdigest()[:24]
+        self._channel = f"pyncette_{digest}"
 
     async def _run(
         self,
@@ -107,6 +119,49 @@ class SqlRepository(Repository):
                 retry_if=lambda error, _: is_conflict(error),
                 on_retry=functools.partial(log_retry, logging.DEBUG, "Transaction conflict"),
             )
+
+    # -- wake-ups (PostgreSQL LISTEN/NOTIFY) ---------------------------------------
+
+    @property
+    def wake_ups(self) -> bool:
+        return self._caps.notify
+
+    async def announce(self, group: str, due_at: datetime.datetime) -> None:
+        if not self._caps.notify:
+            return
+        params = {"channel": self._channel, "payload": wake_up_message(group, due_at)}
+
+        async def run(conn: AsyncConnection) -> None:
+            await conn.execute(_NOTIFY, params)
+
+        await self._run(run, atomic=False)
+
+    async def listen(self, wake: Callable[[str, datetime.datetime], None]) -> None:
+        """``LISTEN`` on a connection of its own, outside the pool (it is held for as
+        long as the app runs), checked every :data:`KEEPALIVE` seconds."""
+        if not self._caps.notify:
+            raise NotImplementedError("LISTEN/NOTIFY is PostgreSQL's")
+        import asyncpg
+
+        args, kwargs = self._engine.dialect.create_connect_args(self._engine.url)
+        async with translate_errors(self._where):
+            connection = await asyncpg.connect(*args, **kwargs)
+        closed = asyncio.Event()
+        connection.add_termination_listener(lambda _: closed.set())
+        try:
+            await connection.add_listener(
+                self._channel, lambda _c, _pid, _ch, payload: deliver_wake_up(payload, wake)
+            )
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    async with real_timeout(KEEPALIVE):
+                        await closed.wait()
+                if closed.is_set():
+                    raise ConnectionError("the LISTEN connection closed")
+                async with real_timeout(KEEPALIVE):
+                    await connection.fetchval("SELECT 1")
+        finally:
+            connection.terminate()
 
     # -- claims -------------------------------------------------------------------
 

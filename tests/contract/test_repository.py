@@ -388,3 +388,34 @@ async def test_concurrent_claims_never_overlap(backend: BackendConfig) -> None:
         )
         claimed = [r.name for result in results for r in result.records]
         assert len(claimed) == len(set(claimed)) == 60
+
+
+WAKE_UP_BACKENDS = {"postgres", "redis", "redis_cluster"}
+
+
+async def test_an_announcement_reaches_every_listener_of_the_store(
+    backend: BackendConfig, repo: Repository
+) -> None:
+    """Optional part of the contract (``instant_wakeups``): announce() on one
+    repository reaches listen() on every repository of the same store."""
+    assert repo.wake_ups is (backend.name in WAKE_UP_BACKENDS)
+    if not repo.wake_ups:
+        await repo.announce("g", T0)  # accepted, goes nowhere
+        with pytest.raises(NotImplementedError):
+            await repo.listen(lambda group, due_at: None)
+        return
+    heard: list[tuple[str, datetime.datetime]] = []
+    async with backend.repository_factory(**backend.options) as other:
+        listening = asyncio.ensure_future(other.listen(lambda g, at: heard.append((g, at))))
+        try:
+            at = T0 + datetime.timedelta(microseconds=7)
+            for _ in range(250):  # until the subscription is in place, then once more
+                await repo.announce("g{1}:x", at)
+                await asyncio.sleep(0.02)
+                if heard:
+                    break
+            assert heard and set(heard) == {("g{1}:x", at)}
+        finally:
+            listening.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await listening

@@ -27,6 +27,7 @@ EXAMPLES = ROOT / "examples"
         ("fixtures_middlewares.py", "record took"),
         ("heartbeat.py", "cooperative: step 0 done"),
         ("scheduling_policies.py", "skipped snapshot scheduled at"),
+        ("instant_wakeups.py", "sent receipt-1,"),
         ("opentelemetry_tracing.py", "span 'pyncette report' UNSET pyncette.task.name='report'"),
     ],
 )

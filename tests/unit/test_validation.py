@@ -83,6 +83,7 @@ def test_partition_options() -> None:
         ({"batch_size": 1.5}, "batch_size must be an integer"),
         ({"concurrency_limit": 0}, "concurrency_limit must be at least 1"),
         ({"poll_interval": datetime.timedelta(0)}, "poll_interval must be positive"),
+        ({"instant_wakeups": "maybe"}, "instant_wakeups must be a boolean"),
     ],
 )
 @pytest.mark.anyio
