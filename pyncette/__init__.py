@@ -11,6 +11,7 @@ from pyncette.model import (
     ExecutionMode,
     FailureMode,
     Lease,
+    Retry,
     TaskPage,
     TaskState,
 )
@@ -31,6 +32,7 @@ __all__ = [
     "Lease",
     "Pyncette",
     "PyncetteContext",
+    "Retry",
     "SynchronousExecutor",
     "Task",
     "TaskPage",

@@ -20,7 +20,16 @@ if TYPE_CHECKING:
     from pyncette.app import Pyncette
 
 RESERVED_CONTEXT_NAMES = frozenset(
-    {"app_context", "task", "scheduled_at", "args", "heartbeat", "lease", "for_execution"}
+    {
+        "app_context",
+        "task",
+        "scheduled_at",
+        "args",
+        "attempt",
+        "heartbeat",
+        "lease",
+        "for_execution",
+    }
     | {"_lease", "_heartbeater", "_items"}
 )
 

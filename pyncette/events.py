@@ -82,6 +82,18 @@ class ExecutionFailed(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class ExecutionRetried(Event):
+    """Attempt ``attempt`` of a run failed (reported by :class:`ExecutionFailed` too) and
+    the task's ``retry`` runs it again after ``delay``, holding the lease meanwhile."""
+
+    task: Task
+    scheduled_at: datetime.datetime
+    attempt: int
+    delay: datetime.timedelta
+    error: BaseException
+
+
+@dataclass(frozen=True, slots=True)
 class ExecutionSkipped(Event):
     """A claimed run was not executed (its row moved on to the next run, or was removed
     for a one-off task); ``reason`` says why, e.g. that it was found later than the

@@ -33,6 +33,82 @@ class ExecutionMode(enum.Enum):
     """The next run is committed before this one starts; a crashed run is never retried."""
 
 
+MAX_RETRY_ATTEMPTS = 100
+"""The most attempts a :class:`Retry` may allow (the first run included)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """Retries of a failed at-least-once run (the ``retry=`` task option).
+
+    The run is attempted up to ``attempts`` times in all, by the instance that claimed
+    it, which keeps the lease meanwhile: after attempt *n* fails it waits
+    ``min(backoff * factor ** (n - 1), max_backoff)`` and runs again, with
+    ``context.attempt == n + 1``. When the last attempt fails, the task's
+    ``failure_mode`` applies as without retries.
+    """
+
+    attempts: int = 3
+    backoff: datetime.timedelta = datetime.timedelta(seconds=1)
+    max_backoff: datetime.timedelta = datetime.timedelta(minutes=1)
+    factor: float = 2.0
+
+    def __post_init__(self) -> None:
+        attempts = self.attempts
+        if isinstance(attempts, bool) or not isinstance(attempts, int):
+            raise ValueError(f"Retry attempts must be an integer, got {attempts!r}")
+        if not 1 <= attempts <= MAX_RETRY_ATTEMPTS:
+            raise ValueError(
+                f"Retry attempts must be between 1 and {MAX_RETRY_ATTEMPTS}, got {attempts}"
+            )
+        for option in ("backoff", "max_backoff"):
+            value = getattr(self, option)
+            if not isinstance(value, datetime.timedelta) or value < datetime.timedelta(0):
+                raise ValueError(f"Retry {option} must be a timedelta >= 0, got {value!r}")
+        if self.max_backoff < self.backoff:
+            raise ValueError(
+                f"Retry max_backoff ({self.max_backoff}) is shorter than backoff ({self.backoff})"
+            )
+        factor = self.factor
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not factor >= 1:
+            raise ValueError(f"Retry factor must be a number >= 1, got {factor!r}")
+        if factor == float("inf"):
+            raise ValueError("Retry factor must be finite")
+
+    def delay(self, failed_attempt: int) -> datetime.timedelta:
+        """The pause after attempt ``failed_attempt`` (1 for the first run) failed."""
+        try:
+            step = self.backoff * self.factor ** (failed_attempt - 1)
+        except OverflowError:
+            return self.max_backoff
+        return min(step, self.max_backoff)
+
+    def to_json(self) -> dict[str, Any]:
+        """The form stored in a dynamic instance's spec."""
+        return {
+            "attempts": self.attempts,
+            "backoff": self.backoff.total_seconds(),
+            "max_backoff": self.max_backoff.total_seconds(),
+            "factor": self.factor,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Retry:
+        """What :meth:`to_json` wrote (a ``ValueError`` for anything else)."""
+        unknown = set(data) - {"attempts", "backoff", "max_backoff", "factor"}
+        if unknown:
+            raise ValueError(f"Unknown Retry field(s) {', '.join(sorted(unknown))}")
+        try:
+            return cls(
+                attempts=data.get("attempts", 3),
+                backoff=datetime.timedelta(seconds=data.get("backoff", 1.0)),
+                max_backoff=datetime.timedelta(seconds=data.get("max_backoff", 60.0)),
+                factor=data.get("factor", 2.0),
+            )
+        except (TypeError, OverflowError) as error:
+            raise ValueError(f"Invalid Retry {dict(data)!r}: {error}") from None
+
+
 class FailureMode(enum.Enum):
     """What happens when an at-least-once execution raises."""
 
@@ -103,6 +179,9 @@ class Context:
     scheduled_at: datetime.datetime
     """When this run was due, in the task's timezone (UTC when it has none)."""
     args: dict[str, Any]
+    attempt: int = 1
+    """Which attempt of this run this is: 1, or more when the task's ``retry`` runs it
+    again after a failure."""
     _lease: Lease | None = None
     _heartbeater: Callable[[Context], Awaitable[None]] | None = None
     _items: Mapping[str, Any] = MappingProxyType({})

@@ -17,6 +17,7 @@ from pyncette.model import (
     ExecutionMode,
     FailureMode,
     PartitionSelector,
+    Retry,
     SyncTaskFunc,
     TaskFunc,
 )
@@ -61,6 +62,7 @@ _OPTION_NAMES = frozenset(
         "misfire_grace_time",
         "coalesce",
         "max_jitter",
+        "retry",
     }
 )
 _EXECUTION_OPTIONS = (
@@ -71,6 +73,7 @@ _EXECUTION_OPTIONS = (
     "misfire_grace_time",
     "coalesce",
     "max_jitter",
+    "retry",
 )
 """Options an instance may override that Pyncette 1.x's task spec has no field for."""
 _DURATION_OPTIONS = ("interval", "lease_duration", "misfire_grace_time", "max_jitter")
@@ -147,6 +150,18 @@ def _as_enum(option: str, enum_type: type[ExecutionMode] | type[FailureMode], va
     raise ValueError(f"Invalid {option} {value!r}: expected a {enum_type.__name__}")
 
 
+def _as_retry(name: str, retry: object) -> Retry | None:
+    """A :class:`Retry`, or its stored form (a mapping), or ``None``."""
+    if retry is None or isinstance(retry, Retry):
+        return retry
+    if isinstance(retry, dict):
+        try:
+            return Retry.from_json(retry)
+        except ValueError as error:
+            raise ValueError(f"Task {name!r}: {error}") from None
+    raise ValueError(f"Task {name!r}: retry must be a pyncette.Retry, got {retry!r}")
+
+
 def _as_coalesce(name: str, coalesce: object, fast_forward: bool) -> Coalesce:
     if coalesce is None:
         return "latest" if fast_forward else "all"
@@ -210,6 +225,7 @@ class Task:
         misfire_grace_time: datetime.timedelta | None = None,
         coalesce: Coalesce | None = None,
         max_jitter: datetime.timedelta | None = None,
+        retry: Retry | None = None,
         partition_count: int | None = None,
         partition_selector: PartitionSelector | None = None,
         enabled_partitions: Iterable[int] | None = None,
@@ -250,6 +266,12 @@ class Task:
         self.max_jitter = (
             _as_timedelta("max_jitter", max_jitter) if max_jitter is not None else None
         )
+        self.retry = _as_retry(name, retry)
+        if self.retry is not None and self.execution_mode is ExecutionMode.AT_MOST_ONCE:
+            raise ValueError(
+                f"Task {name!r}: retry needs execution_mode=AT_LEAST_ONCE (an at-most-once "
+                "run is committed before it starts, so a failure is final)"
+            )
         self.enabled = boolean("enabled", enabled)
         self.extra_args = extra_args
 
@@ -584,6 +606,7 @@ class Task:
             "misfire_grace_time": self.misfire_grace_time,
             "coalesce": self.coalesce,
             "max_jitter": self.max_jitter,
+            "retry": self.retry,
         }
         # either spelling given for the instance replaces both inherited ones
         if "coalesce" in overrides and "fast_forward" not in overrides:
@@ -618,8 +641,8 @@ class Task:
         (seconds), ``execute_at`` (ISO 8601), ``timezone`` and ``extra_args``.
 
         An instance that overrides ``execution_mode``, ``failure_mode``,
-        ``lease_duration``, ``fast_forward``, ``misfire_grace_time``, ``coalesce`` or
-        ``max_jitter`` (which 1.x instances could not) carries those keys too, so that
+        ``lease_duration``, ``fast_forward``, ``misfire_grace_time``, ``coalesce``,
+        ``max_jitter`` or ``retry`` (which 1.x instances could not) carries those keys too, so that
         :meth:`instantiate_from_spec` rebuilds it exactly.
         """
         spec: dict[str, Any] = {
@@ -637,6 +660,8 @@ class Task:
                     value = value.total_seconds()
                 elif isinstance(value, (ExecutionMode, FailureMode)):
                     value = value.name
+                elif isinstance(value, Retry):
+                    value = value.to_json()
                 spec[option] = value
         return spec
 
@@ -665,6 +690,8 @@ class Task:
                 value = {"at": to_utc(value).isoformat()}
             elif isinstance(value, (ExecutionMode, FailureMode)):
                 value = value.name
+            elif isinstance(value, Retry):
+                value = value.to_json()
             encoded[key] = value
         return json.dumps(encoded, sort_keys=True, allow_nan=False)
 

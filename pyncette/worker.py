@@ -28,6 +28,7 @@ from pyncette.events import (
     EventBus,
     ExecutionFailed,
     ExecutionFinished,
+    ExecutionRetried,
     ExecutionSkipped,
     ExecutionStarted,
     LeaseLost,
@@ -272,6 +273,7 @@ class Worker:
 
     def shutdown(self) -> None:
         self._stopping = True
+        self._stopped.set()
         self._wake.set()
         self._runner.wake()
         claiming = self._claiming
@@ -492,6 +494,7 @@ class Worker:
         *,
         at_most_once: bool = False,
         claimed_at: datetime.datetime | None = None,
+        attempt: int = 1,
     ) -> None:
         context = Context.for_execution(
             app_context=self._app_context,
@@ -504,6 +507,8 @@ class Worker:
             heartbeat=functools.partial(self._heartbeat, held=[row]),
             items=self._items,
         )
+        if attempt > 1:
+            context.attempt = attempt
         events = self._events
         observed = events.active
         logged = self._logged
@@ -512,6 +517,7 @@ class Worker:
         started_at = self._clock.now() if observed else row.scheduled_at
         if observed:
             events.emit(ExecutionStarted(task, row.scheduled_at, started_at))
+        retry_as: Claimed | None = None
         try:
             await self._invoke(context)
         except LeaseLostException:
@@ -524,18 +530,22 @@ class Worker:
                 await self._release(row, context.lease)
             raise
         except Exception as error:
-            logger.exception("Execution of %s failed", task)
+            logger.exception("Execution of %s failed (attempt %d)", task, attempt)
             if observed:
                 duration = time.perf_counter() - started
                 events.emit(ExecutionFailed(task, row.scheduled_at, started_at, duration, error))
-            if at_most_once or task.failure_mode is FailureMode.NONE:
-                return
-            if context.lease is None:
-                logger.warning("Lease on %s was lost; not unlocking or committing", task)
-                return
-            if task.failure_mode is FailureMode.UNLOCK:
-                await self._release(row, context.lease)
-                return
+            retry = task.retry
+            if retry is not None and attempt < retry.attempts and context.lease is not None:
+                retry_as = await self._hold_for_retry(task, row, context.lease, attempt, error)
+            if retry_as is None:
+                if at_most_once or task.failure_mode is FailureMode.NONE:
+                    return
+                if context.lease is None:
+                    logger.warning("Lease on %s was lost; not unlocking or committing", task)
+                    return
+                if task.failure_mode is FailureMode.UNLOCK:
+                    await self._release(row, context.lease)
+                    return
         else:
             duration = time.perf_counter() - started if timed else 0.0
             if observed:
@@ -553,6 +563,9 @@ class Worker:
                         "duration": duration,
                     },
                 )
+        if retry_as is not None:  # out of the except block: no chained tracebacks
+            await self._execute(task, retry_as, claimed_at=claimed_at, attempt=attempt + 1)
+            return
         if at_most_once:
             return
         lease = context.lease
@@ -561,6 +574,37 @@ class Worker:
             return
         next_at = task.next_run(row.scheduled_at, self._clock.now(), claimed_at=claimed_at)
         self._commits.submit(row.group, Commit(row.name, lease, next_at))
+
+    async def _hold_for_retry(
+        self, task: Task, row: Claimed, lease: Lease, attempt: int, error: Exception
+    ) -> Claimed | None:
+        """Wait out the back-off after failed attempt ``attempt``, the lease extended to
+        cover it; the row as held then, or ``None`` if there is to be no retry: the
+        lease was lost, or the app is shutting down (the row is then unlocked, so that
+        an instance that keeps running retries it at once)."""
+        assert task.retry is not None
+        delay = task.retry.delay(attempt)
+        until = self._clock.now() + delay + task.lease_duration
+        try:
+            extended = await self._extend(row, lease, until)
+        except Exception:
+            logger.exception("Could not extend the lease of %s to retry it", task)
+            extended = False
+        if not extended:
+            logger.warning("Not retrying %s: its lease could not be kept", task)
+            return None
+        held = row._replace(locked_until=until)
+        logger.info("Retrying %s (attempt %d) in %.3f s", task, attempt + 1, delay.total_seconds())
+        if self._events.active:
+            self._events.emit(ExecutionRetried(task, row.scheduled_at, attempt, delay, error))
+        if not self._stopping:
+            with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
+                await self._clock.wait_for(self._stopped.wait(), delay.total_seconds())
+        if self._stopping:
+            logger.info("Shutting down: %s is handed back to be retried elsewhere", task)
+            await self._release(held, lease)
+            return None
+        return held
 
     def _invoke(self, context: Context) -> Awaitable[None]:
         middlewares = self._middlewares

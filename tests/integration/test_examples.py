@@ -28,6 +28,7 @@ EXAMPLES = ROOT / "examples"
         ("heartbeat.py", "cooperative: step 0 done"),
         ("scheduling_policies.py", "skipped snapshot scheduled at"),
         ("instant_wakeups.py", "sent receipt-1,"),
+        ("retries.py", "synced invoices on attempt"),
         ("opentelemetry_tracing.py", "span 'pyncette report' UNSET pyncette.task.name='report'"),
     ],
 )
