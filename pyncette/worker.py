@@ -530,11 +530,16 @@ class Worker:
                 await self._release(row, context.lease)
             raise
         except Exception as error:
-            logger.exception("Execution of %s failed (attempt %d)", task, attempt)
+            retry = task.retry
+            if retry is None:
+                logger.exception("Execution of %s failed", task)
+            else:
+                logger.exception(
+                    "Execution of %s failed (attempt %d of %d)", task, attempt, retry.attempts
+                )
             if observed:
                 duration = time.perf_counter() - started
                 events.emit(ExecutionFailed(task, row.scheduled_at, started_at, duration, error))
-            retry = task.retry
             if retry is not None and attempt < retry.attempts and context.lease is not None:
                 retry_as = await self._hold_for_retry(task, row, context.lease, attempt, error)
             if retry_as is None:

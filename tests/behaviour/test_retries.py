@@ -5,6 +5,7 @@ virtual clocks (the multi-instance tests on shared-storage backends)."""
 from __future__ import annotations
 
 import datetime
+import logging
 
 import pytest
 
@@ -80,7 +81,7 @@ async def test_after_the_last_attempt_the_failure_mode_applies(
 
 
 async def test_a_task_without_retry_runs_once_per_failure_with_attempt_one(
-    backend: BackendConfig, clock: VirtualClock
+    backend: BackendConfig, clock: VirtualClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     app = make_app(backend, clock)
     attempts: list[int] = []
@@ -90,9 +91,19 @@ async def test_a_task_without_retry_runs_once_per_failure_with_attempt_one(
         attempts.append(context.attempt)
         raise Flaky("once")
 
-    async with running(app):
-        await clock.advance(25)
+    @app.task(interval=10 * S, failure_mode=FailureMode.COMMIT, retry=Retry(attempts=2))
+    async def retried(context: Context) -> None:
+        raise Flaky("twice")
+
+    with caplog.at_level(logging.ERROR, logger="pyncette.worker"):
+        async with running(app):
+            await clock.advance(25)
     assert attempts == [1, 1]
+    # the 1.x message for a task without retry; the attempt for one with it
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages.count("Execution of plain failed") == 2
+    assert messages.count("Execution of retried failed (attempt 1 of 2)") == 2
+    assert messages.count("Execution of retried failed (attempt 2 of 2)") == 2
 
 
 async def test_an_instance_stores_its_own_retry(
