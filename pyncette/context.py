@@ -197,6 +197,28 @@ class PyncetteContext:
         """
         await self._manager.trigger_task(task, instance_name)
 
+    async def pause_task(self, task: Task, instance_name: str | None = None) -> None:
+        """Stop a stored static task or dynamic instance from running until
+        :meth:`resume_task`: its row is parked at :data:`~pyncette.model.PAUSED_AT`
+        (``get_task(...).paused`` is then true). An execution in progress finishes, but
+        its commit is refused, so it cannot unpause the task. ``ValueError`` if nothing
+        is stored for it."""
+        await self._manager.pause_task(task, instance_name)
+
+    async def resume_task(
+        self,
+        task: Task,
+        instance_name: str | None = None,
+        *,
+        resume_from: datetime.datetime | None = None,
+    ) -> datetime.datetime:
+        """Resume a paused task or instance; returns its next run: the first one after
+        ``resume_from`` (default now), so runs since a ``resume_from`` in the past are
+        caught up as the task's ``coalesce`` says. A one-off instance runs at its
+        ``execute_at`` (at once, if that has passed). ``ValueError`` if it is not paused
+        or not stored."""
+        return await self._manager.resume_task(task, instance_name, resume_from)
+
     async def unschedule_task(self, task: Task, instance_name: str | None = None) -> None:
         """Remove a dynamic task instance (given as the instance, or template + name)."""
         await self._manager.unschedule_task(task, instance_name)

@@ -15,7 +15,7 @@ from pyncette.batching import RegisterBatcher, chunks
 from pyncette.clock import Clock
 from pyncette.codec import decode_token, encode_token
 from pyncette.errors import TaskLockedException
-from pyncette.model import ContinuationToken, TaskPage, TaskState
+from pyncette.model import PAUSED_AT, ContinuationToken, TaskPage, TaskState
 from pyncette.options import positive_int
 from pyncette.repository import Record, Registration, Repository
 from pyncette.task import STATIC_GROUP, Task, check_instance_name
@@ -72,7 +72,7 @@ class TaskManager:
         tasks = list(tasks)
         if not tasks:
             return
-        stored = await self._names(STATIC_GROUP)
+        stored = await self._rows(STATIC_GROUP)
         now = self._clock.now()
         rows = [
             Registration(
@@ -82,22 +82,24 @@ class TaskManager:
                 t.lease_duration,
             )
             for t in tasks
+            # a paused task stays paused (min(stored, new) would move it back)
+            if t.name not in stored or stored[t.name].scheduled_at < PAUSED_AT
         ]
         for chunk in chunks(rows, self._batch_size):
             await self._repository.register(STATIC_GROUP, list(chunk), now=now, force=False)
 
-    async def _names(self, group: str) -> set[str]:
-        """The names of every row stored in ``group``."""
-        names: set[str] = set()
+    async def _rows(self, group: str) -> dict[str, Record]:
+        """Every row stored in ``group``, by name."""
+        rows: dict[str, Record] = {}
         token: ContinuationToken | None = None
         while True:
             page = await self._repository.list(
                 group, limit=self._batch_size, continuation_token=token
             )
-            names.update(record.name for record in page.records)
+            rows.update((record.name, record) for record in page.records)
             token = page.continuation_token
             if token is None:
-                return names
+                return rows
 
     async def schedule_task(
         self, task: Task, instance_name: str, force: bool, options: dict[str, Any]
@@ -156,7 +158,11 @@ class TaskManager:
                 self._on_due(group, min(r.scheduled_at for r in chunk))
         return locked
 
-    async def trigger_task(self, task: Task, instance_name: str | None) -> None:
+    async def _stored(
+        self, task: Task, instance_name: str | None, action: str
+    ) -> tuple[str, str, Task, Record]:
+        """The group, name, task (an instance rebuilt from its spec) and row of a stored
+        static task or dynamic instance; ``ValueError`` if nothing is stored."""
         if isinstance(task, Task) and not task.dynamic and not task.is_instance:
             if instance_name is not None:
                 raise ValueError(
@@ -168,15 +174,41 @@ class TaskManager:
             group = template.group_for(name)
         record = await self._repository.get(group, name)
         if record is None:
-            raise ValueError(f"{task} has no stored run to trigger (is it scheduled?)")
+            raise ValueError(f"{task} has no stored run to {action} (is it scheduled?)")
         stored = (
             template if group == STATIC_GROUP else template.from_spec(name, record.spec or "{}")
         )
+        return group, name, stored, record
+
+    async def trigger_task(self, task: Task, instance_name: str | None) -> None:
+        group, name, stored, record = await self._stored(task, instance_name, "trigger")
         now = self._clock.now()
         registration = Registration(name, record.spec, now, stored.lease_duration)
         if await self._repository.register(group, [registration], now=now, force=False):
             raise TaskLockedException(stored)
         self._on_due(group, now)
+
+    async def pause_task(self, task: Task, instance_name: str | None) -> None:
+        group, name, stored, record = await self._stored(task, instance_name, "pause")
+        registration = Registration(name, record.spec, PAUSED_AT, stored.lease_duration)
+        # forced: a running execution's lease is cleared, so its commit cannot unpause it
+        await self._repository.register(group, [registration], now=self._clock.now(), force=True)
+
+    async def resume_task(
+        self, task: Task, instance_name: str | None, resume_from: datetime.datetime | None
+    ) -> datetime.datetime:
+        group, name, stored, record = await self._stored(task, instance_name, "resume")
+        if record.scheduled_at < PAUSED_AT:
+            raise ValueError(f"{stored} is not paused")
+        if resume_from is not None and (
+            not isinstance(resume_from, datetime.datetime) or resume_from.tzinfo is None
+        ):
+            raise ValueError(f"resume_from must be an aware datetime, got {resume_from!r}")
+        next_at = stored.initial_run(resume_from or self._clock.now())
+        registration = Registration(name, record.spec, next_at, stored.lease_duration)
+        await self._repository.register(group, [registration], now=self._clock.now(), force=True)
+        self._on_due(group, next_at)
+        return next_at
 
     async def unschedule_task(self, task: Task, instance_name: str | None) -> None:
         template, name = _instance_key(task, instance_name)

@@ -243,17 +243,28 @@ class Context:
             raise AttributeError(f"Context has no attribute {name!r}") from None
 
 
+PAUSED_AT = datetime.datetime(2200, 1, 1, tzinfo=datetime.UTC)
+"""The ``scheduled_at`` of a paused task's row: later than any run a task can have (an
+``execute_at`` must be before 2200), so no claim reaches it."""
+
+
 @dataclass(frozen=True)
 class TaskState:
     """Stored state of a task (or dynamic task instance)."""
 
     task: Task
     scheduled_at: datetime.datetime
-    """When the next (or the currently running) execution is due."""
+    """When the next (or the currently running) execution is due; :data:`PAUSED_AT`
+    while the task is paused."""
     locked_until: datetime.datetime | None
     """When the current lease expires; ``None`` when nobody holds a lease."""
     locked_by: str | None
     """The lease token of the current holder; ``None`` when unlocked."""
+
+    @property
+    def paused(self) -> bool:
+        """Whether :meth:`PyncetteContext.pause_task` paused it (and nothing resumed it)."""
+        return self.scheduled_at >= PAUSED_AT
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Iterable
 from typing import Any, Literal, get_args
 
 from pyncette.model import (
+    PAUSED_AT,
     Context,
     Decorator,
     ExecutionMode,
@@ -30,7 +31,7 @@ STATIC_GROUP = "__static__"
 MAX_NAME_LENGTH = 255
 MAX_DURATION = datetime.timedelta(days=36500)
 """The longest interval or lease a task may have (100 years)."""
-LATEST = datetime.datetime(2200, 1, 1, tzinfo=datetime.UTC)
+LATEST = PAUSED_AT  # runs must come before it; a paused task's row is parked there
 """``execute_at`` must be sooner: every backend stores times before it exactly."""
 MAX_PARTITIONS = 10_000
 MAX_ARGUMENTS_BYTES = 350 * 1024

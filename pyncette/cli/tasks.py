@@ -192,6 +192,24 @@ def _state(state: TaskState | None) -> dict[str, Any]:
     }
 
 
+def _target(app: str, task: str, instance: str | None, command: str) -> tuple[Pyncette, Task]:
+    """The app APP and its task TASK, checked to go with INSTANCE (see _instance_name)."""
+    pyncette = load_app(app)
+    target = _task(pyncette, task)
+    _instance_name(target, instance, command)
+    return pyncette, target
+
+
+async def _stored_state(
+    ctx: PyncetteContext, target: Task, task: str, instance: str | None
+) -> TaskState:
+    """The stored state of TASK [INSTANCE]; exit status 1 if it is not stored."""
+    state = await ctx.get_task(target, instance)
+    if state is None:
+        raise CommandFailed(f"{_label(task, instance)} is not stored")
+    return state
+
+
 def _instance_name(task: Task, instance: str | None, command: str) -> str | None:
     """Check that INSTANCE is given exactly for dynamic tasks (a usage error otherwise)."""
     if task.dynamic and instance is None and command != "show":
@@ -259,27 +277,68 @@ def trigger_command(app: str, task: str, instance: str | None) -> None:
     follow from there. A running task (one holding a lease) is not changed: exit status
     1, try again once it has finished.
     """
-    pyncette = load_app(app)
-    target = _task(pyncette, task)
-    name = _instance_name(target, instance, "trigger")
+    pyncette, target = _target(app, task, instance, "trigger")
 
     async def trigger() -> datetime.datetime:
         async with pyncette.create(fixtures=False) as ctx:
-            state = await ctx.get_task(target, name)
-            if state is None:
-                raise CommandFailed(f"{_label(task, name)} is not stored")
+            state = await _stored_state(ctx, target, task, instance)
             now = ctx.clock.now()
             try:
-                await ctx.trigger_task(target, name)
+                await ctx.trigger_task(target, instance)
             except TaskLockedException:
                 raise CommandFailed(
-                    f"{_label(task, name)} is running now (lease until "
+                    f"{_label(task, instance)} is running now (lease until "
                     f"{_shown(state.locked_until)}); trigger it again once it has finished"
                 ) from None
             return now
 
     now = run_async(trigger())
-    click.echo(f"{_label(task, name)}: next run set to {_shown(now)}")
+    click.echo(f"{_label(task, instance)}: next run set to {_shown(now)}")
+
+
+@tasks.command("pause", epilog=APP_HELP)
+@app_argument()
+@click.argument("task")
+@click.argument("instance", required=False)
+def pause_command(app: str, task: str, instance: str | None) -> None:
+    """Stop a task from running until it is resumed (`pause_task`).
+
+    TASK is a static task, or a dynamic task with the INSTANCE name. A paused static
+    task stays paused when apps start again. An execution in progress finishes, but
+    its commit is refused.
+    """
+    pyncette, target = _target(app, task, instance, "pause")
+
+    async def pause() -> None:
+        async with pyncette.create(fixtures=False) as ctx:
+            await _stored_state(ctx, target, task, instance)
+            await ctx.pause_task(target, instance)
+
+    run_async(pause())
+    click.echo(f"{_label(task, instance)}: paused")
+
+
+@tasks.command("resume", epilog=APP_HELP)
+@app_argument()
+@click.argument("task")
+@click.argument("instance", required=False)
+def resume_command(app: str, task: str, instance: str | None) -> None:
+    """Resume a paused task from now (`resume_task`): its next run is the first one
+    after now (a one-off instance runs at its time, at once if that has passed).
+
+    Exit status 1 if it is not stored or not paused.
+    """
+    pyncette, target = _target(app, task, instance, "resume")
+
+    async def resume() -> datetime.datetime:
+        async with pyncette.create(fixtures=False) as ctx:
+            state = await _stored_state(ctx, target, task, instance)
+            if not state.paused:
+                raise CommandFailed(f"{_label(task, instance)} is not paused")
+            return await ctx.resume_task(target, instance)
+
+    next_at = run_async(resume())
+    click.echo(f"{_label(task, instance)}: resumed, next run at {_shown(next_at)}")
 
 
 def _label(task: str, instance: str | None) -> str:
@@ -295,14 +354,11 @@ def unschedule_command(app: str, task: str, instance: str) -> None:
 
     Exit status 1 when there is no such instance.
     """
-    pyncette = load_app(app)
-    target = _task(pyncette, task)
-    _instance_name(target, instance, "unschedule")
+    pyncette, target = _target(app, task, instance, "unschedule")
 
     async def unschedule() -> None:
         async with pyncette.create(fixtures=False) as ctx:
-            if await ctx.get_task(target, instance) is None:
-                raise CommandFailed(f"{_label(task, instance)} is not stored")
+            await _stored_state(ctx, target, task, instance)
             await ctx.unschedule_task(target, instance)
 
     run_async(unschedule())

@@ -216,6 +216,8 @@ def test_every_command_has_help() -> None:
         ("tasks", "list"),
         ("tasks", "show"),
         ("tasks", "trigger"),
+        ("tasks", "pause"),
+        ("tasks", "resume"),
         ("tasks", "unschedule"),
         ("db", "upgrade"),
         ("db", "downgrade"),
@@ -468,6 +470,29 @@ def test_tasks_trigger_needs_a_stored_task(sqlite_env: dict[str, str]) -> None:
     no_instance = invoke("tasks", "trigger", BACKEND_APP, "reminder")
     assert no_instance.exit_code == 2
     assert "'reminder' is a dynamic task: give the INSTANCE name" in no_instance.stderr
+
+
+def test_tasks_pause_and_resume(sqlite_env: dict[str, str]) -> None:
+    add_instances()
+    before = datetime.datetime.now(UTC)
+    for args in (["hourly"], ["reminder", "alice"]):
+        label = f"Instance {args[1]!r} of {args[0]!r}" if len(args) == 2 else f"Task {args[0]!r}"
+        not_paused = invoke("tasks", "resume", BACKEND_APP, *args)
+        assert not_paused.exit_code == 1
+        assert one_error_line(not_paused.stderr) == f"Error: {label} is not paused"
+        paused = invoke("tasks", "pause", BACKEND_APP, *args)
+        assert paused.exit_code == 0, paused.output
+        assert paused.stdout == f"{label}: paused\n"
+        assert stored(*args).paused
+        resumed = invoke("tasks", "resume", BACKEND_APP, *args)
+        assert resumed.exit_code == 0, resumed.output
+        assert resumed.stdout.startswith(f"{label}: resumed, next run at ")
+        state = stored(*args)
+        assert not state.paused and state.scheduled_at > before
+    assert stored("reminder", "alice").task.extra_args == {"who": "alice"}  # spec kept
+    missing = invoke("tasks", "pause", BACKEND_APP, "reminder", "nobody")
+    assert missing.exit_code == 1
+    assert one_error_line(missing.stderr) == "Error: Instance 'nobody' of 'reminder' is not stored"
 
 
 @pytest.mark.service("postgres")
