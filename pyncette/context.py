@@ -188,14 +188,37 @@ class PyncetteContext:
         are locked. The low-level path of :meth:`schedule_tasks`, for importers."""
         return await self._manager.register_rows(rows_by_group, force=force)
 
-    async def trigger_task(self, task: Task, instance_name: str | None = None) -> None:
-        """Make a stored static task or dynamic instance due now: its next run moves to
-        now, and the runs after it follow from there as usual.
+    async def trigger_task(
+        self, task: Task, instance_name: str | None = None, *, reschedule: bool = False
+    ) -> None:
+        """Run a stored static task or dynamic instance now, once, without changing its
+        schedule: the run is queued in a row of its own (due now, the task's execution
+        mode, failure mode and lease), removed once it has run. It may overlap with a
+        scheduled run of the same task.
 
-        Raises :class:`~pyncette.errors.TaskLockedException` while it is executing, and
+        With ``reschedule=True`` the task's next run itself moves to now instead, and
+        the runs after it follow from there; that raises
+        :class:`~pyncette.errors.TaskLockedException` while it is executing.
         ``ValueError`` if nothing is stored for it.
         """
-        await self._manager.trigger_task(task, instance_name)
+        await self._manager.trigger_task(task, instance_name, reschedule=reschedule)
+
+    async def backfill_task(
+        self,
+        task: Task,
+        start: datetime.datetime,
+        end: datetime.datetime,
+        instance_name: str | None = None,
+    ) -> list[datetime.datetime]:
+        """Queue every run of a stored task's schedule from ``start`` (included) to
+        ``end`` (excluded), each once, in a row of its own with its own
+        ``scheduled_at``; returns their times. They are due at once and run like any
+        other (at least once, by default), without changing the task's schedule. An
+        interval task's runs are on the grid through its stored next run. Queuing the
+        same range again while its runs are pending adds nothing. At most 10,000 runs
+        per call; ``ValueError`` for more, for a range that is not an aware ``start <
+        end``, or if nothing is stored for it."""
+        return await self._manager.backfill_task(task, instance_name, start, end)
 
     async def pause_task(self, task: Task, instance_name: str | None = None) -> None:
         """Stop a stored static task or dynamic instance from running until

@@ -8,6 +8,8 @@ due sooner than the loop expects, it tells the loop through ``on_due``.
 from __future__ import annotations
 
 import datetime
+import hashlib
+import uuid
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -18,7 +20,17 @@ from pyncette.errors import TaskLockedException
 from pyncette.model import PAUSED_AT, ContinuationToken, TaskPage, TaskState
 from pyncette.options import positive_int
 from pyncette.repository import Record, Registration, Repository
-from pyncette.task import STATIC_GROUP, Task, check_instance_name
+from pyncette.task import (
+    RUN_PREFIX,
+    STATIC_GROUP,
+    Task,
+    check_instance_name,
+    extra_run_spec,
+)
+from pyncette.timeutil import to_epoch_us
+
+MAX_BACKFILL = 10_000
+"""The most runs one backfill_task call may queue."""
 
 DueCallback = Callable[[str, datetime.datetime | None], None]
 
@@ -180,13 +192,48 @@ class TaskManager:
         )
         return group, name, stored, record
 
-    async def trigger_task(self, task: Task, instance_name: str | None) -> None:
+    async def trigger_task(
+        self, task: Task, instance_name: str | None, *, reschedule: bool
+    ) -> None:
         group, name, stored, record = await self._stored(task, instance_name, "trigger")
         now = self._clock.now()
-        registration = Registration(name, record.spec, now, stored.lease_duration)
-        if await self._repository.register(group, [registration], now=now, force=False):
-            raise TaskLockedException(stored)
+        if reschedule:
+            registration = Registration(name, record.spec, now, stored.lease_duration)
+            if await self._repository.register(group, [registration], now=now, force=False):
+                raise TaskLockedException(stored)
+        else:
+            run = f"{RUN_PREFIX}t{uuid.uuid4().hex[:24]}"
+            spec = extra_run_spec(name, record.spec)
+            registration = Registration(run, spec, now, stored.lease_duration)
+            await self._repository.register(group, [registration], now=now, force=False)
         self._on_due(group, now)
+
+    async def backfill_task(
+        self,
+        task: Task,
+        instance_name: str | None,
+        start: datetime.datetime,
+        end: datetime.datetime,
+    ) -> list[datetime.datetime]:
+        group, name, stored, record = await self._stored(task, instance_name, "backfill")
+        for bound, value in (("start", start), ("end", end)):
+            if not isinstance(value, datetime.datetime) or value.tzinfo is None:
+                raise ValueError(f"backfill {bound} must be an aware datetime, got {value!r}")
+        if not start < end:
+            raise ValueError(f"backfill start ({start}) must be before end ({end})")
+        anchor = record.scheduled_at if record.scheduled_at < PAUSED_AT else None
+        runs = stored.runs_between(start, end, anchor=anchor, limit=MAX_BACKFILL)
+        registrations = [
+            Registration(
+                f"{RUN_PREFIX}b{_digest(name, at)}",
+                extra_run_spec(name, record.spec),
+                at,
+                stored.lease_duration,
+            )
+            for at in runs
+        ]
+        await self.register_rows({group: registrations}, force=False)
+        return runs
 
     async def pause_task(self, task: Task, instance_name: str | None) -> None:
         group, name, stored, record = await self._stored(task, instance_name, "pause")
@@ -246,7 +293,9 @@ class TaskManager:
                 groups[index], limit=limit - len(states), continuation_token=inner
             )
             states.extend(
-                task_state(task.from_spec(r.name, r.spec or "{}"), r) for r in page.records
+                task_state(task.from_spec(r.name, r.spec or "{}"), r)
+                for r in page.records
+                if not r.name.startswith(RUN_PREFIX)  # extra runs are not instances
             )
             if page.continuation_token is None:
                 index, inner = index + 1, None
@@ -254,6 +303,12 @@ class TaskManager:
                 inner = page.continuation_token
         token = encode_token([index, inner]) if index < len(groups) else None
         return TaskPage(states, token)
+
+
+def _digest(name: str, at: datetime.datetime) -> str:
+    """The same for the same run: a backfill queued twice queues each run once."""
+    key = f"{name}\x00{to_epoch_us(at)}".encode()
+    return hashlib.sha256(key).hexdigest()[:24]
 
 
 def _instance_key(task: Task, instance_name: str | None) -> tuple[Task, str]:

@@ -29,6 +29,9 @@ STATIC_GROUP = "__static__"
 """The repository group holding every static task of an app (a reserved task name)."""
 
 MAX_NAME_LENGTH = 255
+RUN_PREFIX = "__run__:"
+"""Stored rows named with this prefix are extra runs of a task or instance (queued by
+``trigger_task`` or ``backfill_task``); task and instance names may not start with it."""
 MAX_DURATION = datetime.timedelta(days=36500)
 """The longest interval or lease a task may have (100 years)."""
 LATEST = PAUSED_AT  # runs must come before it; a paused task's row is parked there
@@ -88,6 +91,7 @@ JITTER_UNIT = datetime.timedelta(milliseconds=1)
 CRON_GAP_SAMPLES = 16
 """Runs of a cron schedule inspected when ``max_jitter`` is checked against it."""
 _CRON_GAP_REFERENCE = datetime.datetime(2000, 1, 1, tzinfo=datetime.UTC)
+_MICROSECOND = datetime.timedelta(microseconds=1)
 
 
 def default_partition_selector(partition_count: int, task_id: str) -> int:
@@ -115,6 +119,11 @@ def _check_name(kind: str, name: object) -> str:
         raise ValueError(f"Invalid {kind} name: longer than {MAX_NAME_LENGTH} characters")
     if "\x00" in name:
         raise ValueError(f"Invalid {kind} name {name!r}: NUL characters cannot be stored")
+    if name.startswith(RUN_PREFIX):
+        raise ValueError(
+            f"Invalid {kind} name {name!r}: names starting with {RUN_PREFIX!r} are reserved "
+            "for extra runs (trigger_task, backfill_task)"
+        )
     try:
         name.encode("utf-8")
     except UnicodeEncodeError:
@@ -569,6 +578,47 @@ class Task:
             return nominal
         return nominal + self.jitter(nominal)
 
+    def runs_between(
+        self,
+        start: datetime.datetime,
+        end: datetime.datetime,
+        *,
+        anchor: datetime.datetime | None,
+        limit: int,
+    ) -> list[datetime.datetime]:
+        """The runs of this task's schedule at or after ``start`` and before ``end``, at
+        their nominal times (no jitter), in UTC: the cron times, the interval's times on
+        the grid through ``anchor`` (the stored next run; ``start`` if ``None``), or the
+        ``execute_at`` of a one-off. ``ValueError`` if there are more than ``limit``."""
+        start, end = to_utc(start), to_utc(end)
+        runs: list[datetime.datetime] = []
+
+        def add(at: datetime.datetime) -> None:
+            if len(runs) == limit:
+                raise ValueError(
+                    f"{self} has more than {limit} runs from {start} to {end}; "
+                    "backfill a shorter range at a time"
+                )
+            runs.append(at)
+
+        if self.schedule is not None:
+            at = next_cron(self.schedule, self._tzinfo, start - _MICROSECOND)
+            while at < end:
+                add(at)
+                at = next_cron(self.schedule, self._tzinfo, at)
+        elif self.interval is not None:
+            base = to_utc(anchor) if anchor is not None else start
+            at = base + self.interval * math.ceil((start - base) / self.interval)
+            while at < end:
+                add(at)
+                at += self.interval
+        elif self.execute_at is not None:
+            if start <= self.execute_at < end:
+                add(self.execute_at)
+        else:
+            raise ValueError(f"Task {self.name!r} has no schedule to backfill")
+        return runs
+
     def get_next_execution(
         self, utc_now: datetime.datetime, last_execution: datetime.datetime | None
     ) -> datetime.datetime | None:
@@ -709,13 +759,17 @@ class Task:
             if len(prototypes) >= _PROTOTYPE_CACHE_SIZE:
                 prototypes.clear()
             prototypes[spec] = prototype
-        instance = object.__new__(Task)
+        instance: Task = object.__new__(prototype.__class__)
         instance.__dict__.update(prototype.__dict__)
-        instance.name = instance_name
+        if prototype.__class__ is Task:  # an ExtraRun keeps the name of the instance it runs
+            instance.name = instance_name
         return instance
 
     def _parse_spec(self, instance_name: str, spec: str) -> Task:
         raw = json.loads(spec)
+        if isinstance(raw, dict) and "run_of" in raw:  # a row queued by trigger/backfill
+            target = check_instance_name(raw["run_of"])
+            return extra_run(self._parse_spec(target, raw.get("spec") or "{}"))
         overrides: dict[str, Any] = {}
         for key, value in raw.items():
             if key in _DURATION_OPTIONS and isinstance(value, dict):
@@ -736,6 +790,43 @@ class Task:
     def __repr__(self) -> str:
         kind = "instance" if self.parent_task else ("dynamic task" if self.dynamic else "task")
         return f"<{kind} {self.name!r}>"
+
+
+class ExtraRun(Task):
+    """One extra run of a task or instance, queued by ``trigger_task`` or
+    ``backfill_task`` in a row of its own: the task as it is, with no run after it (the
+    row is removed once it has run); its schedule is left to the task's own row."""
+
+    def next_run(
+        self,
+        scheduled_at: datetime.datetime,
+        now: datetime.datetime,
+        *,
+        claimed_at: datetime.datetime | None = None,
+    ) -> datetime.datetime | None:
+        return None
+
+
+def extra_run(task: Task) -> ExtraRun:
+    """``task`` (a static task or an instance) as an :class:`ExtraRun`."""
+    run = object.__new__(ExtraRun)
+    run.__dict__.update(task.__dict__)
+    return run
+
+
+def extra_run_spec(target: str, spec: str | None) -> str:
+    """The stored spec of an extra run of ``target`` (whose own spec is ``spec``)."""
+    return json.dumps({"run_of": target, "spec": spec}, sort_keys=True)
+
+
+def extra_run_target(spec: str | None) -> str | None:
+    """The name an extra run's spec runs; ``None`` if ``spec`` is not one."""
+    try:
+        raw = json.loads(spec or "")
+    except ValueError:
+        return None
+    target = raw.get("run_of") if isinstance(raw, dict) else None
+    return target if isinstance(target, str) else None
 
 
 def _timezone_without_cron(name: str, timezone: object) -> ValueError:

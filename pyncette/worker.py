@@ -39,7 +39,13 @@ from pyncette.executor import Runner
 from pyncette.model import Context, ExecutionMode, FailureMode, Lease, MiddlewareFunc
 from pyncette.options import AppSettings
 from pyncette.repository import ClaimResult, Commit, Record, Repository
-from pyncette.task import STATIC_GROUP, Task, is_async_callable
+from pyncette.task import (
+    STATIC_GROUP,
+    Task,
+    extra_run,
+    extra_run_target,
+    is_async_callable,
+)
 
 if TYPE_CHECKING:
     from pyncette.context import PyncetteContext
@@ -459,6 +465,9 @@ class Worker:
         if template is None:
             task = self._static.get(row.name)
             if task is None:
+                target = extra_run_target(row.spec)  # queued by trigger/backfill_task?
+                if target is not None and target in self._static:
+                    return extra_run(self._static[target])
                 # A static task this instance does not run (disabled here, or removed):
                 # hand it back at once so an instance that runs it can claim it.
                 logger.debug("Releasing static task %r: not enabled here", row.name)

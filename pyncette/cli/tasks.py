@@ -270,12 +270,18 @@ def _shown_value(key: str, value: Any) -> str:
 @app_argument()
 @click.argument("task")
 @click.argument("instance", required=False)
-def trigger_command(app: str, task: str, instance: str | None) -> None:
-    """Run a task as soon as possible: set its next run to now (`trigger_task`).
+@click.option(
+    "--reschedule",
+    is_flag=True,
+    help="Move the task's next run to now instead of queuing an extra run.",
+)
+def trigger_command(app: str, task: str, instance: str | None, reschedule: bool) -> None:
+    """Run a task now, once (`trigger_task`), without changing its schedule.
 
-    TASK is a static task, or a dynamic task with the INSTANCE name. The runs after it
-    follow from there. A running task (one holding a lease) is not changed: exit status
-    1, try again once it has finished.
+    TASK is a static task, or a dynamic task with the INSTANCE name. The run is queued
+    beside the task's own. With --reschedule the next run itself moves to now and the
+    runs after it follow from there; a running task (one holding a lease) is then not
+    changed: exit status 1, try again once it has finished.
     """
     pyncette, target = _target(app, task, instance, "trigger")
 
@@ -284,7 +290,7 @@ def trigger_command(app: str, task: str, instance: str | None) -> None:
             state = await _stored_state(ctx, target, task, instance)
             now = ctx.clock.now()
             try:
-                await ctx.trigger_task(target, instance)
+                await ctx.trigger_task(target, instance, reschedule=reschedule)
             except TaskLockedException:
                 raise CommandFailed(
                     f"{_label(task, instance)} is running now (lease until "
@@ -293,7 +299,10 @@ def trigger_command(app: str, task: str, instance: str | None) -> None:
             return now
 
     now = run_async(trigger())
-    click.echo(f"{_label(task, instance)}: next run set to {_shown(now)}")
+    if reschedule:
+        click.echo(f"{_label(task, instance)}: next run set to {_shown(now)}")
+    else:
+        click.echo(f"{_label(task, instance)}: a run queued for {_shown(now)}")
 
 
 @tasks.command("pause", epilog=APP_HELP)

@@ -324,7 +324,7 @@ async def test_concurrent_schedule_task_calls_share_register_calls(
         assert len(await ctx.list_tasks(job, limit=500)) == 120
 
 
-async def test_trigger_task_makes_a_task_or_instance_due_now(
+async def test_trigger_task_with_reschedule_makes_a_task_or_instance_due_now(
     backend: BackendConfig, clock: VirtualClock
 ) -> None:
     app = make_app(backend, clock, poll_interval=datetime.timedelta(minutes=10))
@@ -341,11 +341,11 @@ async def test_trigger_task_makes_a_task_or_instance_due_now(
     async with running(app) as ctx:
         await ctx.schedule_task(dyn, "a", interval=100 * S)
         await clock.advance(5)
-        await ctx.trigger_task(static)
-        await ctx.trigger_task(dyn, "a")
+        await ctx.trigger_task(static, reschedule=True)
+        await ctx.trigger_task(dyn, "a", reschedule=True)
         await clock.advance(1)
         with pytest.raises(ValueError, match="no stored run"):
-            await ctx.trigger_task(dyn, "missing")
+            await ctx.trigger_task(dyn, "missing", reschedule=True)
         state = await ctx.get_task(static)
     assert sorted(runs) == [("a", T0 + 5 * S), ("static", T0 + 5 * S)]
     # the runs after a triggered one follow from it

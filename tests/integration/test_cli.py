@@ -194,6 +194,13 @@ def stored(name: str, instance: str | None = None) -> Any:
     return with_app(get)
 
 
+def listed(name: str) -> Any:
+    async def page(ctx: PyncetteContext, app: Pyncette) -> Any:
+        return list(await ctx.list_tasks(task(app, name), limit=100))
+
+    return with_app(page)
+
+
 def rows_by_key(output: str) -> dict[tuple[str, str | None], dict[str, Any]]:
     rows: list[dict[str, Any]] = json.loads(output)
     return {(row["task"], row["instance"]): row for row in rows}
@@ -439,7 +446,7 @@ def test_tasks_trigger_moves_the_next_run_to_now(sqlite_env: dict[str, str]) -> 
     add_instances()
     before = datetime.datetime.now(UTC)
     for args in (["hourly"], ["reminder", "alice"], ["reminder", "bob"], ["shard", "s1"]):
-        result = invoke("tasks", "trigger", BACKEND_APP, *args)
+        result = invoke("tasks", "trigger", BACKEND_APP, *args, "--reschedule")
         assert result.exit_code == 0, result.output
         label = f"Instance {args[1]!r} of {args[0]!r}" if len(args) == 2 else f"Task {args[0]!r}"
         assert result.stdout.startswith(f"{label}: next run set to ")
@@ -453,7 +460,7 @@ def test_tasks_trigger_moves_the_next_run_to_now(sqlite_env: dict[str, str]) -> 
 
 def test_tasks_trigger_refuses_a_running_instance(sqlite_env: dict[str, str]) -> None:
     locked_until = lock_instance("carol")
-    result = invoke("tasks", "trigger", BACKEND_APP, "reminder", "carol")
+    result = invoke("tasks", "trigger", BACKEND_APP, "reminder", "carol", "--reschedule")
     assert result.exit_code == 1
     until = locked_until.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     assert one_error_line(result.stderr) == (
@@ -461,6 +468,22 @@ def test_tasks_trigger_refuses_a_running_instance(sqlite_env: dict[str, str]) ->
         "trigger it again once it has finished"
     )
     assert stored("reminder", "carol").locked_by == "held-by-test"
+
+
+def test_tasks_trigger_queues_an_extra_run_and_keeps_the_schedule(
+    sqlite_env: dict[str, str],
+) -> None:
+    add_instances()
+    lock_instance("carol")  # running: an extra run is queued all the same
+    before = {args: stored(*args).scheduled_at for args in (("hourly",), ("reminder", "carol"))}
+    for args in before:
+        result = invoke("tasks", "trigger", BACKEND_APP, *args)
+        assert result.exit_code == 0, result.output
+        label = f"Instance {args[1]!r} of {args[0]!r}" if len(args) == 2 else f"Task {args[0]!r}"
+        assert result.stdout.startswith(f"{label}: a run queued for ")
+        assert stored(*args).scheduled_at == before[args]  # the schedule is unchanged
+    names = [state.task.name for state in listed("reminder")]
+    assert not any(name.startswith("__run__:") for name in names)  # not an instance
 
 
 def test_tasks_trigger_needs_a_stored_task(sqlite_env: dict[str, str]) -> None:

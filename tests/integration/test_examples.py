@@ -29,7 +29,7 @@ EXAMPLES = ROOT / "examples"
         ("scheduling_policies.py", "skipped snapshot scheduled at"),
         ("instant_wakeups.py", "sent receipt-1,"),
         ("retries.py", "synced invoices on attempt"),
-        ("pause_resume.py", "resumed, next run at"),
+        ("controlling_runs.py", "resumed, next run at"),
         ("opentelemetry_tracing.py", "span 'pyncette report' UNSET pyncette.task.name='report'"),
     ],
 )

@@ -1,4 +1,5 @@
-"""Pausing and resuming a task at run time. Run: python examples/pause_resume.py"""
+"""Controlling runs at run time: pause, resume, an extra run now, and a backfill.
+Run: python examples/controlling_runs.py"""
 
 from __future__ import annotations
 
@@ -16,7 +17,16 @@ async def heartbeat_report(context: Context) -> None:
     print(f"report for {context.scheduled_at:%H:%M:%S}", flush=True)
 
 
-async def maintenance_window(ctx: PyncetteContext) -> None:
+@app.task(schedule="0 * * * *")  # hourly
+async def hourly_rollup(context: Context) -> None:
+    print(f"rollup for {context.scheduled_at:%H:%M}", flush=True)
+
+
+async def operator(ctx: PyncetteContext) -> None:
+    now = datetime.datetime.now(datetime.UTC)
+    # the rollups of the last three hours, each once, with its own scheduled_at
+    await ctx.backfill_task(hourly_rollup, now - datetime.timedelta(hours=3), now)
+    await ctx.trigger_task(hourly_rollup)  # one more run now; the hourly schedule stays
     await asyncio.sleep(2.5)
     await ctx.pause_task(heartbeat_report)  # e.g. while a downstream is being upgraded
     state = await ctx.get_task(heartbeat_report)
@@ -27,10 +37,10 @@ async def maintenance_window(ctx: PyncetteContext) -> None:
 
 
 @app.fixture()
-async def maintenance(ctx: PyncetteContext) -> AsyncIterator[None]:
-    window = asyncio.ensure_future(maintenance_window(ctx))
+async def operations(ctx: PyncetteContext) -> AsyncIterator[None]:
+    work = asyncio.ensure_future(operator(ctx))
     yield
-    window.cancel()
+    work.cancel()
 
 
 if __name__ == "__main__":
