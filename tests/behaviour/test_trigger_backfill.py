@@ -3,6 +3,7 @@ run of a past range, each once). Every backend, both virtual clocks."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 
 import pytest
@@ -69,14 +70,18 @@ async def test_backfill_queues_each_run_of_a_range_once(
     async def feed(context: Context) -> None:
         runs.append((context.task.name, context.scheduled_at))
 
-    async with running(app) as ctx:
+    async with app.create() as ctx:  # the loop starts after the backfills
         await ctx.schedule_task(feed, "f", interval=7 * M)  # next run T0+7 min: its grid
         start, end = T0 - 30 * M, T0
         queued = await ctx.backfill_task(report, start, end)
         again = await ctx.backfill_task(report, start, end)  # still pending: nothing new
         fed = await ctx.backfill_task(feed, T0 - 15 * M, T0 - M, instance_name="f")
+        loop = asyncio.ensure_future(ctx.run())
         await clock.advance(2)
         state = await ctx.get_task(report)
+        ctx.shutdown()
+        await clock.until_done(loop)
+        await loop
     expected = [T0 - 30 * M, T0 - 20 * M, T0 - 10 * M]
     assert queued == again == expected
     assert fed == [T0 - 14 * M, T0 - 7 * M]
