@@ -27,11 +27,11 @@ async def operator(ctx: PyncetteContext) -> None:
     # the rollups of the last three hours, each once, with its own scheduled_at
     await ctx.backfill_task(hourly_rollup, now - datetime.timedelta(hours=3), now)
     await ctx.trigger_task(hourly_rollup)  # one more run now; the hourly schedule stays
-    await asyncio.sleep(2.5)
+    await asyncio.sleep(1.5)
     await ctx.pause_task(heartbeat_report)  # e.g. while a downstream is being upgraded
     state = await ctx.get_task(heartbeat_report)
     print(f"paused: {state is not None and state.paused}", flush=True)
-    await asyncio.sleep(3)
+    await asyncio.sleep(2)
     next_at = await ctx.resume_task(heartbeat_report)  # from now; resume_from= to catch up
     print(f"resumed, next run at {next_at:%H:%M:%S}", flush=True)
 

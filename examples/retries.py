@@ -16,7 +16,7 @@ flaky_service = random.Random(7)
 # Up to 4 attempts, 0.5 s after the first failure, then 1 s, then 2 s. If the fourth
 # fails too, failure_mode decides: UNLOCK hands the run to the next tick.
 @app.task(
-    interval=datetime.timedelta(seconds=5),
+    interval=datetime.timedelta(seconds=3),
     retry=Retry(attempts=4, backoff=datetime.timedelta(seconds=0.5)),
     failure_mode=FailureMode.UNLOCK,
 )

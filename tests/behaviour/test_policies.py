@@ -1,5 +1,5 @@
 """Scheduling policies: misfire_grace_time, coalesce and max_jitter, per task and per
-dynamic instance. Runs on every backend under both virtual clocks."""
+dynamic instance. Runs on every backend under the fake clock."""
 
 from __future__ import annotations
 
@@ -15,7 +15,12 @@ from harness import T0, VirtualClock, make_app, running
 from pyncette import Context, ExecutionMode
 from pyncette.events import ExecutionSkipped
 
-pytestmark = pytest.mark.anyio
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.injected_clock_only(
+        "a feature beyond 1.x: 1.x-style harnesses are covered by the 1.x behaviour suite"
+    ),
+]
 S = datetime.timedelta(seconds=1)
 
 

@@ -1,6 +1,6 @@
 """retry=Retry(...): a failed at-least-once run runs again after a back-off, in the
-instance that claimed it, which keeps the lease meanwhile. Every backend, both
-virtual clocks (the multi-instance tests on shared-storage backends)."""
+instance that claimed it, which keeps the lease meanwhile. Every backend, under the
+fake clock (the multi-instance tests on shared-storage backends)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,12 @@ from harness import T0, VirtualClock, make_app, running
 from pyncette import Context, FailureMode, Retry
 from pyncette.events import ExecutionFailed, ExecutionRetried
 
-pytestmark = pytest.mark.anyio
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.injected_clock_only(
+        "a feature beyond 1.x: 1.x-style harnesses are covered by the 1.x behaviour suite"
+    ),
+]
 S = datetime.timedelta(seconds=1)
 
 

@@ -27,7 +27,7 @@ EXAMPLES = ROOT / "examples"
         ("fixtures_middlewares.py", "record took"),
         ("heartbeat.py", "cooperative: step 0 done"),
         ("scheduling_policies.py", "skipped snapshot scheduled at"),
-        ("instant_wakeups.py", "sent receipt-1,"),
+        ("instant_wakeups.py", "instant wake-ups not available: polling"),
         ("retries.py", "synced invoices on attempt"),
         ("controlling_runs.py", "resumed, next run at"),
         ("opentelemetry_tracing.py", "span 'pyncette report' UNSET pyncette.task.name='report'"),
