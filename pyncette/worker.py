@@ -56,9 +56,11 @@ LEASE_TOLERANCE = datetime.timedelta(seconds=1)
 """A claimed lease this far off the task's lease_duration is extended to match it."""
 MIN_CALL_TIMEOUT = 1.0
 """Seconds a repository call of the loop may take at the least (see :meth:`Worker.poll`)."""
-SHUTDOWN_CLAIM_GRACE = 2.0
-"""Seconds :meth:`Worker.shutdown` waits for a claim already sent, so that the rows it
-took are handed back at once instead of lapsing with their leases."""
+SHUTDOWN_CLAIM_GRACE = 10.0
+"""Seconds :meth:`Worker.shutdown` waits at most for a claim already sent (never longer
+than the claim's own call timeout), so that the rows it took are handed back at once
+instead of lapsing with their leases. A DynamoDB claim writes each row apart and may
+take seconds on a busy table."""
 
 
 class Claimed(NamedTuple):
@@ -115,6 +117,7 @@ class Worker:
         self._timeouts: dict[str, float] = {}
         self._limits: dict[str, int] = {}
         self._claiming: asyncio.Future[ClaimResult] | None = None
+        self._claiming_timeout = MIN_CALL_TIMEOUT
         self._announcing: dict[str, datetime.datetime] = {}
         self._stopped = asyncio.Event()
         self._wake = asyncio.Event()
@@ -286,7 +289,8 @@ class Worker:
         if claiming is not None and not claiming.done():
             # the server may have taken rows for this claim already: give it a moment to
             # answer, so that they are handed back rather than left to lapse
-            self._background(self._cut_short(claiming))
+            grace = min(SHUTDOWN_CLAIM_GRACE, self._claiming_timeout)
+            self._background(self._cut_short(claiming, grace))
 
     async def drain(self) -> None:
         """Wait for commits in flight and background releases (after the executions)."""
@@ -340,9 +344,11 @@ class Worker:
     async def _claim(self, group: str, now: datetime.datetime, limit: int) -> ClaimResult | None:
         """Claim from ``group``, giving up after the group's call timeout (a connection
         that stalls must not stop the loop); ``None`` if :meth:`shutdown` came while the
-        claim was on its way and it did not answer within ``SHUTDOWN_CLAIM_GRACE``."""
+        claim was on its way and it did not answer within the grace (see
+        ``SHUTDOWN_CLAIM_GRACE``)."""
         timeout = self._timeouts.get(group, MIN_CALL_TIMEOUT)
         lease = Lease(uuid.uuid4().hex)
+        self._claiming_timeout = timeout
         call = self._claiming = asyncio.ensure_future(
             self._bounded(
                 group, lambda: self._repository.claim(group, now=now, limit=limit, lease=lease)
@@ -367,9 +373,9 @@ class Worker:
                 f"expire), the next claims ask for {smaller}"
             ) from None
 
-    async def _cut_short(self, claiming: asyncio.Future[ClaimResult]) -> None:
+    async def _cut_short(self, claiming: asyncio.Future[ClaimResult], grace: float) -> None:
         with contextlib.suppress(TimeoutError, asyncio.TimeoutError, asyncio.CancelledError):
-            await self._timer.bounded(asyncio.shield(claiming), SHUTDOWN_CLAIM_GRACE)
+            await self._timer.bounded(asyncio.shield(claiming), grace)
         claiming.cancel()
 
     def _adapt(self, group: str, limit: int, elapsed: float) -> None:
