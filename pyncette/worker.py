@@ -557,6 +557,8 @@ class Worker:
                 events.emit(ExecutionFailed(task, row.scheduled_at, started_at, duration, error))
             if retry is not None and attempt < retry.attempts and context.lease is not None:
                 retry_as = await self._hold_for_retry(task, row, context.lease, attempt, error)
+                if retry_as is None and self._stopping:
+                    return  # handed back (or lost): the failure mode has nothing left to do
             if retry_as is None:
                 if at_most_once or task.failure_mode is FailureMode.NONE:
                     return

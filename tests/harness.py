@@ -315,3 +315,16 @@ async def running(app: Pyncette, *, cancel_on_exit: bool = False) -> AsyncIterat
             )
         with contextlib.suppress(asyncio.CancelledError):
             await life
+
+
+def wrap_repository(app: Pyncette, make: Callable[[Repository], Repository]) -> None:
+    """Put ``make(repository)`` in front of the app's repository (outside the harness's
+    counting proxy, so the fake clock moves on while a wrapped call waits)."""
+    inner: RepositoryFactory = app.repository_factory
+
+    @contextlib.asynccontextmanager
+    async def factory(**options: Any) -> AsyncIterator[Repository]:
+        async with inner(**options) as repository:
+            yield make(repository)
+
+    app.repository_factory = factory

@@ -8,16 +8,14 @@ run that starts meanwhile was started by the message, not by a poll.
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import logging
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import Callable
 
 import pytest
 
 from backends import BackendConfig
-from harness import T0, FakeClock, make_app, running
+from harness import T0, FakeClock, make_app, running, wrap_repository
 from pyncette import Context, Pyncette
 from pyncette.clock import real_sleep
 from pyncette.repository import Repository, RepositoryProxy, deliver_wake_up, wake_up_message
@@ -62,16 +60,13 @@ class Watched(RepositoryProxy):
 
 def watched(app: Pyncette, clock: FakeClock, *, broken: bool = False) -> list[Watched]:
     """Put a :class:`Watched` in front of the app's repository; the list gets it."""
-    inner = app.repository_factory
     made: list[Watched] = []
 
-    @contextlib.asynccontextmanager
-    async def factory(**options: Any) -> AsyncIterator[Repository]:
-        async with inner(**options) as repository:
-            made.append(Watched(repository, clock, broken=broken))
-            yield made[-1]
+    def make(repository: Repository) -> Repository:
+        made.append(Watched(repository, clock, broken=broken))
+        return made[-1]
 
-    app.repository_factory = factory
+    wrap_repository(app, make)
     return made
 
 

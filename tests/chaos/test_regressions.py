@@ -12,14 +12,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import anyio
 import pytest
 
 from backends import BackendConfig
-from harness import T0, FakeClock, make_app, running
+from harness import T0, FakeClock, make_app, running, wrap_repository
 from pyncette import Context, ExecutionMode, Pyncette
 from pyncette.memory import InMemoryRepository
 from pyncette.model import Lease
@@ -28,7 +28,6 @@ from pyncette.repository import (
     Commit,
     Registration,
     Repository,
-    RepositoryFactory,
     RepositoryProxy,
 )
 
@@ -81,19 +80,6 @@ class SlowClaim(RepositoryProxy):
         return result
 
 
-def slowed(app: Pyncette, make: Callable[[Repository], Repository]) -> None:
-    """Put ``make(repository)`` in front of the app's repository (outside the harness's
-    counting proxy, so the fake clock moves on while the claim waits)."""
-    inner: RepositoryFactory = app.repository_factory
-
-    @contextlib.asynccontextmanager
-    async def factory(**options: Any) -> AsyncIterator[Repository]:
-        async with inner(**options) as repository:
-            yield make(repository)
-
-    app.repository_factory = factory
-
-
 def declare(app: Pyncette, name: str, runs: list[tuple[str, datetime.datetime]]) -> Any:
     @app.task(interval=10 * S, lease_duration=LEASE)
     async def ticking(context: Context) -> None:
@@ -118,7 +104,9 @@ async def test_a_slow_claim_of_one_group_does_not_shorten_the_next_groups_leases
     queue = declare(first, "first", runs)
     declare(second, "second", runs)
     # The static group is claimed before the queue; at T0+10 s its claim takes 5 s.
-    slowed(first, lambda repo: SlowClaim(repo, clock, STATIC_GROUP, T0 + 10 * S, answer=False))
+    wrap_repository(
+        first, lambda repo: SlowClaim(repo, clock, STATIC_GROUP, T0 + 10 * S, answer=False)
+    )
     with anyio.fail_after(60):
         async with running(first) as ctx:
             await ctx.schedule_task(queue, "job", execute_at=T0 + 10 * S)
@@ -139,7 +127,7 @@ async def test_a_claim_answered_after_its_lease_expired_does_not_execute() -> No
     queue = declare(first, "first", runs)
     declare(second, "second", runs)
     # first's claim of the job is applied at T0+10 s; its answer arrives 5 s later.
-    slowed(first, lambda repo: SlowClaim(repo, clock, "queue", T0 + 10 * S, answer=True))
+    wrap_repository(first, lambda repo: SlowClaim(repo, clock, "queue", T0 + 10 * S, answer=True))
     with anyio.fail_after(60):
         async with running(first) as ctx:
             await ctx.schedule_task(queue, "job", execute_at=T0 + 10 * S)
@@ -193,7 +181,7 @@ async def test_starting_an_instance_never_runs_a_committed_run_again() -> None:
     first, second = app("first"), app("second")
     # second computes its first run (T0+5 s) at T0+4.5 s; its registration lands at
     # T0+5.5 s, after first has committed the T0+5 s run and moved the row to T0+6 s.
-    slowed(second, lambda repo: SlowRegister(repo, clock, 1.0))
+    wrap_repository(second, lambda repo: SlowRegister(repo, clock, 1.0))
 
     async def second_lifetime(started: asyncio.Event, stop: asyncio.Event) -> None:
         async with second.create() as ctx:
@@ -249,7 +237,7 @@ async def test_shutdown_does_not_wait_for_a_claim_that_never_returns() -> None:
     clock = FakeClock(T0)
     app = make_app(shared_store(), clock)
     every_ten_seconds(app, [])
-    slowed(app, lambda repo: HangingClaim(repo, T0 + 10 * S))
+    wrap_repository(app, lambda repo: HangingClaim(repo, T0 + 10 * S))
     with anyio.fail_after(60):
         async with app.create() as ctx:
             loop = asyncio.ensure_future(ctx.run())
@@ -271,7 +259,7 @@ async def test_a_claim_that_never_returns_does_not_stop_polling() -> None:
     app = make_app(shared_store(), clock)
     runs: list[datetime.datetime] = []
     every_ten_seconds(app, runs)
-    slowed(app, lambda repo: HangingClaim(repo, T0 + 10 * S))
+    wrap_repository(app, lambda repo: HangingClaim(repo, T0 + 10 * S))
     with anyio.fail_after(60):
         async with app.create() as ctx:
             loop = asyncio.ensure_future(ctx.run())
@@ -305,7 +293,7 @@ async def test_a_commit_that_never_returns_is_retried_and_does_not_block_shutdow
     app = make_app(shared_store(), clock)
     runs: list[datetime.datetime] = []
     every_ten_seconds(app, runs)
-    slowed(app, HangingCommit)
+    wrap_repository(app, HangingCommit)
     with anyio.fail_after(60):
         async with running(app) as ctx:
             await clock.advance(45)
@@ -343,7 +331,7 @@ async def test_claims_too_slow_for_a_full_batch_still_make_progress() -> None:
         runs.append(context.scheduled_at)
 
     # 100 rows: 1.2 s, past the 1 s the loop allows a call with a 2 s lease; 50 rows: 0.6 s
-    slowed(app, lambda repo: PerRowClaim(repo, clock, 0.012))
+    wrap_repository(app, lambda repo: PerRowClaim(repo, clock, 0.012))
     with anyio.fail_after(60):
         async with running(app) as ctx:
             for index in range(100):
@@ -389,7 +377,7 @@ async def test_rows_claimed_while_shutting_down_are_handed_back() -> None:
         return made, queue
 
     (first, queue), (second, _) = app("first"), app("second")
-    slowed(first, lambda repo: LateAnswer(repo, clock, "queue", 1.0))
+    wrap_repository(first, lambda repo: LateAnswer(repo, clock, "queue", 1.0))
     with anyio.fail_after(60):
         async with first.create() as ctx:
             loop = asyncio.ensure_future(ctx.run())
