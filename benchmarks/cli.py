@@ -135,6 +135,7 @@ def base_config(args: argparse.Namespace, backend: str, python: str) -> dict[str
         "batch_size": args.batch_size,
         "concurrency_limit": args.concurrency_limit,
         "poll_interval": args.poll_interval,
+        "run_history": args.run_history,
         # Compare mode: both sides use only the 1.x API; alone, we may use our bulk API.
         "api": "compat" if args.compare else "bulk",
         # Alone, count requests and server CPU (kept out of --compare's A/B runs).
@@ -571,8 +572,17 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         action="store_false",
         help="drain: skip the plain-driver ceiling runs",
     )
+    parser.add_argument(
+        "--run-history",
+        type=int,
+        default=0,
+        metavar="N",
+        help="Pyncette(run_history=N): keep the last N runs of each task (default 0, off)",
+    )
     parser.add_argument("--json", metavar="FILE", help="append one JSON line per run")
     args = parser.parse_args(argv)
+    if args.run_history and args.compare:
+        parser.error("--run-history is ours only: it cannot go with --compare")
     args.backends = (
         list(BACKENDS) if args.backend == "all" else [b for b in args.backend.split(",") if b]
     )

@@ -75,6 +75,8 @@ def make_app(config: dict[str, Any]) -> Pyncette:
     kwargs["poll_interval"] = datetime.timedelta(seconds=config.get("poll_interval", 1.0))
     if config.get("instant_wakeups"):  # ours only: 1.x has no such option
         kwargs["instant_wakeups"] = True
+    if config.get("run_history"):  # ours only
+        kwargs["run_history"] = config["run_history"]
     return Pyncette(**kwargs)
 
 

@@ -1,4 +1,4 @@
-"""Scheduling policies: misfire grace, coalescing missed runs, and jitter.
+"""Scheduling policies: misfire grace, coalescing missed runs, overlap, and jitter.
 Run: python examples/scheduling_policies.py"""
 
 from __future__ import annotations
@@ -30,6 +30,15 @@ async def snapshot(context: Context) -> None:
 @app.task(interval=2 * SECOND, coalesce="earliest")
 async def digest(context: Context) -> None:
     print(f"digest for {context.scheduled_at:%H:%M:%S}", flush=True)
+
+
+# A 2.5 s export every second: with overlap="skip" the runs that fall due while one is
+# going on are dropped ("buffer_one" would run the last of them next, "allow" would
+# start each on time beside the running one).
+@app.task(interval=SECOND, overlap="skip")
+async def export(context: Context) -> None:
+    print(f"export for {context.scheduled_at:%H:%M:%S} starts", flush=True)
+    await asyncio.sleep(2.5)
 
 
 # Many instances on one cron schedule (every 5 s, seconds last) spread over 3 s: each

@@ -15,6 +15,7 @@ from pyncette.model import (
     TaskPage,
     TaskState,
 )
+from pyncette.outcome import RunRecord, RunStatus
 from pyncette.pyncette import Pyncette, PyncetteContext
 from pyncette.task import Task
 
@@ -33,6 +34,8 @@ __all__ = [
     "Pyncette",
     "PyncetteContext",
     "Retry",
+    "RunRecord",
+    "RunStatus",
     "SynchronousExecutor",
     "Task",
     "TaskPage",

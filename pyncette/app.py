@@ -65,6 +65,12 @@ class Pyncette:
     ``instant_wakeups=True`` makes a run scheduled for before the next poll start on the
     other instances at once, where the backend has a channel for it (PostgreSQL
     ``LISTEN/NOTIFY``, Redis pub/sub); elsewhere they poll as without it.
+
+    ``run_history=N`` keeps the last ``N`` runs of each task and instance (at most
+    1,000), each for ``run_history_retention`` (7 days by default), stored by the
+    backend with the commit that ends the run; read them with
+    :meth:`PyncetteContext.task_history`. Off (0) by default. The last run is kept in
+    :class:`TaskState` either way.
     """
 
     def __init__(
@@ -77,6 +83,8 @@ class Pyncette:
         *,
         clock: Clock | None = None,
         instant_wakeups: bool = False,
+        run_history: int = 0,
+        run_history_retention: datetime.timedelta = datetime.timedelta(days=7),
         **backend_options: Any,
     ) -> None:
         self.repository_factory: RepositoryFactory = (
@@ -87,6 +95,8 @@ class Pyncette:
         self.concurrency_limit = concurrency_limit
         self.batch_size = batch_size
         self.instant_wakeups = instant_wakeups
+        self.run_history = run_history
+        self.run_history_retention = run_history_retention
         self.clock: Clock = clock or DefaultClock()
         self.backend_options = backend_options
         self._tasks: dict[str, Task] = {}
@@ -240,6 +250,8 @@ class Pyncette:
             concurrency_limit=self.concurrency_limit,
             batch_size=self.batch_size,
             instant_wakeups=self.instant_wakeups,
+            run_history=self.run_history,
+            run_history_retention=self.run_history_retention,
         )
         async with contextlib.AsyncExitStack() as stack:
             repository = await stack.enter_async_context(

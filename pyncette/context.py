@@ -12,6 +12,7 @@ from pyncette.executor import Runner
 from pyncette.manager import TaskManager
 from pyncette.model import ContinuationToken, MiddlewareFunc, TaskPage, TaskState
 from pyncette.options import AppSettings
+from pyncette.outcome import RunRecord
 from pyncette.repository import Registration, Repository
 from pyncette.task import Task
 from pyncette.worker import Worker
@@ -250,6 +251,27 @@ class PyncetteContext:
         """The stored state of a static task or of a dynamic task instance (given as the
         instance, or as its dynamic task and ``instance_name``); ``None`` if not stored."""
         return await self._manager.get_task(task, instance_name)
+
+    async def task_history(
+        self, task: Task, instance_name: str | None = None, *, limit: int | None = None
+    ) -> list[RunRecord]:
+        """The last runs of a static task or a dynamic task instance (given as for
+        :meth:`get_task`), newest first: at most ``limit`` (by default all the app
+        keeps, ``run_history=``), none older than ``run_history_retention``. Also for an
+        instance that no longer exists, within that retention. ``ValueError`` if the app
+        keeps no history (``run_history=0``, the default)."""
+        settings = self._settings
+        if not settings.run_history:
+            raise ValueError(
+                "task_history() needs a run history: create the app with "
+                "Pyncette(run_history=N) to keep the last N runs of each task"
+            )
+        return await self._manager.task_history(
+            task,
+            instance_name,
+            settings.run_history if limit is None else limit,
+            settings.run_history_retention,
+        )
 
     async def list_tasks(
         self,

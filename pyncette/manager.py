@@ -8,11 +8,11 @@ due sooner than the loop expects, it tells the loop through ``on_due``.
 from __future__ import annotations
 
 import datetime
-import hashlib
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from pyncette import outcome
 from pyncette.batching import RegisterBatcher, chunks
 from pyncette.clock import Clock
 from pyncette.codec import decode_token, encode_token
@@ -25,9 +25,9 @@ from pyncette.task import (
     STATIC_GROUP,
     Task,
     check_instance_name,
+    extra_run_name,
     extra_run_spec,
 )
-from pyncette.timeutil import to_epoch_us
 
 MAX_BACKFILL = 10_000
 """The most runs one backfill_task call may queue."""
@@ -49,7 +49,13 @@ def dynamic_template(task: object) -> Task:
 
 
 def task_state(task: Task, record: Record) -> TaskState:
-    return TaskState(task, record.scheduled_at, record.locked_until, record.locked_by)
+    return TaskState(
+        task,
+        record.scheduled_at,
+        record.locked_until,
+        record.locked_by,
+        outcome.decode(record.outcome),
+    )
 
 
 class TaskManager:
@@ -225,7 +231,7 @@ class TaskManager:
         runs = stored.runs_between(start, end, anchor=anchor, limit=MAX_BACKFILL)
         registrations = [
             Registration(
-                f"{RUN_PREFIX}b{_digest(name, at)}",
+                extra_run_name("b", name, at),
                 extra_run_spec(name, record.spec),
                 at,
                 stored.lease_duration,
@@ -262,22 +268,30 @@ class TaskManager:
         await self._repository.unregister(template.group_for(name), name)
 
     async def get_task(self, task: Task, instance_name: str | None) -> TaskState | None:
-        if isinstance(task, Task) and task.is_instance and instance_name is not None:
-            raise ValueError(
-                f"Cannot provide instance_name with already-instantiated dynamic task {task}"
-            )
-        if isinstance(task, Task) and not task.dynamic and not task.is_instance:
-            if instance_name is not None:
-                raise ValueError(
-                    f"instance_name provided but task is not dynamic: {task.name!r} is static"
-                )
-            record = await self._repository.get(STATIC_GROUP, task.name)
-            return task_state(task, record) if record is not None else None
-        template, name = _instance_key(task, instance_name)
-        record = await self._repository.get(template.group_for(name), name)
+        group, name, template = _row_of(task, instance_name)
+        record = await self._repository.get(group, name)
         if record is None:
             return None
+        if template is None:
+            return task_state(task, record)
         return task_state(template.from_spec(name, record.spec or "{}"), record)
+
+    async def task_history(
+        self,
+        task: Task,
+        instance_name: str | None,
+        limit: int,
+        retention: datetime.timedelta,
+    ) -> list[outcome.RunRecord]:
+        limit = positive_int("limit", limit)
+        group, name, _ = _row_of(task, instance_name)
+        oldest = self._clock.now() - retention
+        runs = []
+        for text in await self._repository.history(group, name, limit=limit):
+            run = outcome.decode(text)
+            if run is not None and (run.finished_at or run.started_at) >= oldest:
+                runs.append(run)
+        return runs
 
     async def list_tasks(
         self, task: Task, limit: int | None, continuation_token: ContinuationToken | None
@@ -305,10 +319,21 @@ class TaskManager:
         return TaskPage(states, token)
 
 
-def _digest(name: str, at: datetime.datetime) -> str:
-    """The same for the same run: a backfill queued twice queues each run once."""
-    key = f"{name}\x00{to_epoch_us(at)}".encode()
-    return hashlib.sha256(key).hexdigest()[:24]
+def _row_of(task: Task, instance_name: str | None) -> tuple[str, str, Task | None]:
+    """Where ``task`` (static, or an instance given as one or as template + name) is
+    stored: its group, its row name and, for an instance, its dynamic task."""
+    if isinstance(task, Task) and task.is_instance and instance_name is not None:
+        raise ValueError(
+            f"Cannot provide instance_name with already-instantiated dynamic task {task}"
+        )
+    if isinstance(task, Task) and not task.dynamic and not task.is_instance:
+        if instance_name is not None:
+            raise ValueError(
+                f"instance_name provided but task is not dynamic: {task.name!r} is static"
+            )
+        return STATIC_GROUP, task.name, None
+    template, name = _instance_key(task, instance_name)
+    return template.group_for(name), name, template
 
 
 def _instance_key(task: Task, instance_name: str | None) -> tuple[Task, str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import heapq
 import itertools
+from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -13,6 +14,7 @@ from pyncette.model import ContinuationToken, Lease
 from pyncette.repository import (
     ClaimResult,
     Commit,
+    History,
     Page,
     Record,
     Registration,
@@ -23,7 +25,15 @@ from pyncette.repository import (
 
 
 class _Row(StoredRow):
-    __slots__ = ("lease_duration", "locked_by", "locked_until", "name", "scheduled_at", "spec")
+    __slots__ = (
+        "lease_duration",
+        "locked_by",
+        "locked_until",
+        "name",
+        "outcome",
+        "scheduled_at",
+        "spec",
+    )
 
     def __init__(self, reg: Registration) -> None:
         self.name = reg.name
@@ -32,6 +42,12 @@ class _Row(StoredRow):
         self.lease_duration = reg.lease_duration
         self.locked_by = None
         self.locked_until = None
+        self.outcome: str | None = None
+
+    def record(self) -> Record:
+        return Record(
+            self.name, self.spec, self.scheduled_at, self.locked_until, self.locked_by, self.outcome
+        )
 
 
 class _Group:
@@ -67,6 +83,18 @@ class InMemoryRepository(Repository):
 
     def __init__(self) -> None:
         self._groups: dict[str, _Group] = {}
+        self._history: dict[tuple[str, str], deque[tuple[datetime.datetime, str]]] = {}
+
+    def _remember(
+        self, group: str, name: str, outcome: str, history: History, now: datetime.datetime
+    ) -> None:
+        entries = self._history.get((group, name))
+        if entries is None:
+            entries = self._history[group, name] = deque()
+        entries.appendleft((now, outcome))
+        oldest = now - history.retention
+        while len(entries) > history.keep or (entries and entries[-1][0] < oldest):
+            entries.pop()
 
     def _group(self, group: str) -> _Group:
         found = self._groups.get(group)
@@ -107,6 +135,10 @@ class InMemoryRepository(Repository):
             if g is None or row is None or row.locked_by != commit.lease:
                 lost.append(commit.name)
                 continue
+            if commit.outcome is not None:
+                row.outcome = commit.outcome
+                if commit.history is not None:
+                    self._remember(group, commit.name, commit.outcome, commit.history, now)
             if commit.next_at is None:
                 del g.rows[commit.name]
                 continue
@@ -133,11 +165,24 @@ class InMemoryRepository(Repository):
         g.push(row)
         return True
 
-    async def unlock(self, group: str, name: str, lease: Lease) -> bool:
+    async def unlock(
+        self,
+        group: str,
+        name: str,
+        lease: Lease,
+        *,
+        outcome: str | None = None,
+        history: History | None = None,
+        now: datetime.datetime | None = None,
+    ) -> bool:
         held = self._held(group, name, lease)
         if held is None:
             return False
         g, row = held
+        if outcome is not None:
+            row.outcome = outcome
+            if history is not None and now is not None:
+                self._remember(group, name, outcome, history, now)
         row.locked_by = row.locked_until = None
         g.push(row)
         return True
@@ -178,6 +223,10 @@ class InMemoryRepository(Repository):
         g = self._groups.get(group)
         row = g.rows.get(name) if g is not None else None
         return row.record() if row is not None else None
+
+    async def history(self, group: str, name: str, *, limit: int) -> list[str]:
+        entries = self._history.get((group, name), ())
+        return [outcome for _, outcome in itertools.islice(entries, limit)]
 
     async def list(
         self,

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, NewType, Protocol, TypeVar
 
+from pyncette.outcome import RunRecord, RunStatus
+
 if TYPE_CHECKING:
     from pyncette.context import PyncetteContext
     from pyncette.task import Task
@@ -260,11 +262,39 @@ class TaskState:
     """When the current lease expires; ``None`` when nobody holds a lease."""
     locked_by: str | None
     """The lease token of the current holder; ``None`` when unlocked."""
+    last_run: RunRecord | None = None
+    """The last run whose end was stored (with the commit or unlock that ended it);
+    ``None`` before the first. The ``last_*`` properties read it."""
 
     @property
     def paused(self) -> bool:
         """Whether :meth:`PyncetteContext.pause_task` paused it (and nothing resumed it)."""
         return self.scheduled_at >= PAUSED_AT
+
+    @property
+    def last_run_at(self) -> datetime.datetime | None:
+        """When the last stored run started."""
+        return None if self.last_run is None else self.last_run.started_at
+
+    @property
+    def last_status(self) -> RunStatus | None:
+        """How the last stored run ended."""
+        return None if self.last_run is None else self.last_run.status
+
+    @property
+    def last_error(self) -> str | None:
+        """The error of the last stored run, if it failed (or why it was skipped)."""
+        return None if self.last_run is None else self.last_run.error
+
+    @property
+    def last_duration(self) -> datetime.timedelta | None:
+        """How long the last stored run took."""
+        return None if self.last_run is None else self.last_run.duration
+
+    @property
+    def attempt(self) -> int | None:
+        """The attempt that ended the last stored run (more than 1 after retries)."""
+        return None if self.last_run is None else self.last_run.attempt
 
 
 @dataclass(frozen=True)

@@ -123,6 +123,10 @@ def url(option: str, value: object, *, schemes: Sequence[str], host: bool) -> st
     return value
 
 
+MAX_RUN_HISTORY = 1000
+"""The most runs ``run_history=`` may keep per task or instance."""
+
+
 @dataclass(frozen=True, slots=True)
 class AppSettings:
     """The app's own options, validated when the app starts (``app.create()``)."""
@@ -131,6 +135,8 @@ class AppSettings:
     concurrency_limit: int
     batch_size: int
     instant_wakeups: bool = False
+    run_history: int = 0
+    run_history_retention: datetime.timedelta = datetime.timedelta(days=7)
 
     @classmethod
     def from_options(
@@ -140,7 +146,15 @@ class AppSettings:
         concurrency_limit: object,
         batch_size: object,
         instant_wakeups: object = False,
+        run_history: object = 0,
+        run_history_retention: object = datetime.timedelta(days=7),
     ) -> AppSettings:
+        if not isinstance(run_history_retention, datetime.timedelta):
+            raise ValueError(
+                f"run_history_retention must be a timedelta, got {run_history_retention!r}"
+            )
+        if run_history_retention <= datetime.timedelta(0):
+            raise ValueError(f"run_history_retention must be positive, got {run_history_retention}")
         return cls(
             poll_interval=datetime.timedelta(
                 seconds=positive_seconds("poll_interval", poll_interval)
@@ -148,4 +162,6 @@ class AppSettings:
             concurrency_limit=positive_int("concurrency_limit", concurrency_limit),
             batch_size=positive_int("batch_size", batch_size),
             instant_wakeups=boolean("instant_wakeups", instant_wakeups),
+            run_history=integer("run_history", run_history, minimum=0, maximum=MAX_RUN_HISTORY),
+            run_history_retention=run_history_retention,
         )

@@ -39,6 +39,13 @@ Wake-ups (optional): a backend that can carry messages between processes (Postgr
 sooner by one instance starts on the others without waiting for their next poll.
 Messages may be lost (a dropped listener misses them); polling stays the guarantee.
 
+Run outcomes and history: a :class:`Commit` (and :meth:`Repository.unlock`) may carry
+the run's *outcome*, an opaque JSON text the core writes and reads back (see
+``pyncette.outcome``). The backend stores it with the row in the same write, returns it
+from :meth:`Repository.get` and :meth:`Repository.list` as :attr:`Record.outcome`, and,
+when the write also carries a :class:`History`, appends it to the row's run history in
+the same round trip, read back with :meth:`Repository.history`.
+
 Errors: a backend raises :class:`~pyncette.errors.BackendUnavailableError` (or lets
 its driver's connection errors through) when it cannot reach storage; the core logs,
 backs off and retries. Refusals (stale lease, locked row) are reported through
@@ -75,6 +82,17 @@ class Registration:
 
 
 @dataclass(frozen=True, slots=True)
+class History:
+    """How much run history to keep: the newest ``keep`` entries of each row, each for at
+    least ``retention`` after it was written. A backend may drop an entry once ``keep``
+    newer ones exist for its row or once it is older than ``retention`` (the core skips
+    older entries when reading), and need not do so at once."""
+
+    keep: int
+    retention: datetime.timedelta
+
+
+@dataclass(frozen=True, slots=True)
 class Commit:
     """The outcome of one execution, applied with :meth:`Repository.commit`."""
 
@@ -82,6 +100,11 @@ class Commit:
     lease: Lease
     next_at: datetime.datetime | None
     """The next run; ``None`` deletes the row (a one-off task is done)."""
+    outcome: str | None = None
+    """Replaces the row's stored outcome in the same write; ``None`` leaves it as it is."""
+    history: History | None = None
+    """With an ``outcome``: also append it to the row's run history (also when the row
+    is deleted: the history outlives it, within its retention)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +116,8 @@ class Record:
     scheduled_at: datetime.datetime
     locked_until: datetime.datetime | None
     locked_by: Lease | None
+    outcome: str | None = None
+    """The last outcome written with a commit or unlock (claims may leave it ``None``)."""
 
 
 class StoredRow:
@@ -176,11 +201,21 @@ class Repository(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def unlock(self, group: str, name: str, lease: Lease) -> bool:
+    async def unlock(
+        self,
+        group: str,
+        name: str,
+        lease: Lease,
+        *,
+        outcome: str | None = None,
+        history: History | None = None,
+        now: datetime.datetime | None = None,
+    ) -> bool:
         """Release the lease without changing ``scheduled_at`` (retry on the next tick).
 
-        Returns ``False``, changing nothing, if the row is missing or not locked by
-        ``lease``.
+        ``outcome`` and ``history`` are stored as with a :class:`Commit` (``now`` is
+        then given: the time of the write). Returns ``False``, changing nothing, if the
+        row is missing or not locked by ``lease``.
         """
 
     @abc.abstractmethod
@@ -236,6 +271,12 @@ class Repository(abc.ABC):
     @abc.abstractmethod
     async def get(self, group: str, name: str) -> Record | None:
         """Return the row, or ``None`` if it does not exist."""
+
+    @abc.abstractmethod
+    async def history(self, group: str, name: str, *, limit: int) -> list[str]:
+        """Return up to ``limit`` outcomes of the row's run history, newest first (also
+        after the row was deleted, within the entries' retention; see
+        :class:`History`). ``limit`` is at least 1."""
 
     @abc.abstractmethod
     async def list(
@@ -299,8 +340,18 @@ class RepositoryProxy(Repository):
         call = self.inner.extend(group, name, lease, locked_until=locked_until)
         return await self.around_group("extend", group, call)
 
-    async def unlock(self, group: str, name: str, lease: Lease) -> bool:
-        return await self.around_group("unlock", group, self.inner.unlock(group, name, lease))
+    async def unlock(
+        self,
+        group: str,
+        name: str,
+        lease: Lease,
+        *,
+        outcome: str | None = None,
+        history: History | None = None,
+        now: datetime.datetime | None = None,
+    ) -> bool:
+        call = self.inner.unlock(group, name, lease, outcome=outcome, history=history, now=now)
+        return await self.around_group("unlock", group, call)
 
     async def register(
         self,
@@ -318,6 +369,11 @@ class RepositoryProxy(Repository):
 
     async def get(self, group: str, name: str) -> Record | None:
         return await self.around_group("get", group, self.inner.get(group, name))
+
+    async def history(self, group: str, name: str, *, limit: int) -> list[str]:
+        return await self.around_group(
+            "history", group, self.inner.history(group, name, limit=limit)
+        )
 
     @property
     def wake_ups(self) -> bool:

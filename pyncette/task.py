@@ -24,6 +24,7 @@ from pyncette.model import (
 )
 from pyncette.options import boolean
 from pyncette.schedule import UTC, next_cron, parse_timezone, to_utc, validate_cron
+from pyncette.timeutil import to_epoch_us
 
 STATIC_GROUP = "__static__"
 """The repository group holding every static task of an app (a reserved task name)."""
@@ -67,6 +68,7 @@ _OPTION_NAMES = frozenset(
         "coalesce",
         "max_jitter",
         "retry",
+        "overlap",
     }
 )
 _EXECUTION_OPTIONS = (
@@ -78,6 +80,7 @@ _EXECUTION_OPTIONS = (
     "coalesce",
     "max_jitter",
     "retry",
+    "overlap",
 )
 """Options an instance may override that Pyncette 1.x's task spec has no field for."""
 _DURATION_OPTIONS = ("interval", "lease_duration", "misfire_grace_time", "max_jitter")
@@ -86,6 +89,12 @@ _DURATION_OPTIONS = ("interval", "lease_duration", "misfire_grace_time", "max_ji
 Coalesce = Literal["all", "earliest", "latest"]
 """What a task does with several missed runs (see :attr:`Task.coalesce`)."""
 COALESCE_POLICIES: tuple[str, ...] = get_args(Coalesce)
+Overlap = Literal["skip", "buffer_one", "allow"]
+"""What happens to runs that fall due while a run of the same task is still going on
+(see :attr:`Task.overlap`)."""
+OVERLAP_POLICIES: tuple[str, ...] = get_args(Overlap)
+MAX_BUFFER_STEPS = 10_000
+"""Cron runs stepped through at most to find the last one due during a run."""
 JITTER_UNIT = datetime.timedelta(milliseconds=1)
 """Jitter offsets are whole milliseconds: every backend stores them exactly."""
 CRON_GAP_SAMPLES = 16
@@ -172,6 +181,22 @@ def _as_retry(name: str, retry: object) -> Retry | None:
     raise ValueError(f"Task {name!r}: retry must be a pyncette.Retry, got {retry!r}")
 
 
+def _as_overlap(name: str, overlap: object, mode: ExecutionMode) -> Overlap | None:
+    if overlap is None:
+        return None
+    if overlap not in OVERLAP_POLICIES:
+        raise ValueError(
+            f"Task {name!r}: Invalid overlap {overlap!r}: expected one of "
+            f"{', '.join(map(repr, OVERLAP_POLICIES))}"
+        )
+    if mode is ExecutionMode.AT_MOST_ONCE and overlap != "allow":
+        raise ValueError(
+            f"Task {name!r}: overlap={overlap!r} needs execution_mode=AT_LEAST_ONCE (an "
+            "at-most-once run holds no lease while it runs, so its runs always overlap)"
+        )
+    return overlap  # type: ignore[return-value]
+
+
 def _as_coalesce(name: str, coalesce: object, fast_forward: bool) -> Coalesce:
     if coalesce is None:
         return "latest" if fast_forward else "all"
@@ -236,6 +261,7 @@ class Task:
         coalesce: Coalesce | None = None,
         max_jitter: datetime.timedelta | None = None,
         retry: Retry | None = None,
+        overlap: Overlap | None = None,
         partition_count: int | None = None,
         partition_selector: PartitionSelector | None = None,
         enabled_partitions: Iterable[int] | None = None,
@@ -282,6 +308,7 @@ class Task:
                 f"Task {name!r}: retry needs execution_mode=AT_LEAST_ONCE (an at-most-once "
                 "run is committed before it starts, so a failure is final)"
             )
+        self.overlap = _as_overlap(name, overlap, self.execution_mode)
         self.enabled = boolean("enabled", enabled)
         self.extra_args = extra_args
 
@@ -494,7 +521,7 @@ class Task:
             return self._jittered(self.execute_at)
         if self.interval is None and self.schedule is None:
             raise ValueError(f"Task {self.name!r} has no schedule to run on")
-        return self._jittered(self._next_nominal(now, now))
+        return self._jittered(self._next_nominal(now, now, skip_missed=False))
 
     def next_run(
         self,
@@ -514,20 +541,48 @@ class Task:
         them in turn. Missed means a *nominal* run time (before jitter) at or before the
         reference time. With ``max_jitter`` the result is the next nominal run plus its
         jitter (see :meth:`jitter`).
+
+        Then ``overlap`` applies to a next run that fell due while this one ran (after
+        ``claimed_at``, at or before ``now``): ``"skip"`` drops it and every other run
+        due by ``now``; ``"buffer_one"`` keeps only the last of them, which runs at once.
         """
         if self.interval is None and self.schedule is None:
             return None
+        ended = now
         if self.coalesce == "earliest" and claimed_at is not None:
             now = claimed_at
         nominal = scheduled_at
         if self.interval is not None:
             nominal = scheduled_at - self._phase()
-        return self._jittered(self._next_nominal(nominal, now))
+        following = self._next_nominal(nominal, now, skip_missed=self.coalesce != "all")
+        nxt = self._jittered(following)
+        if (
+            self.overlap in ("skip", "buffer_one")
+            and claimed_at is not None
+            and claimed_at < nxt <= ended
+        ):
+            if self.overlap == "skip":
+                return self._jittered(self._next_nominal(following, ended, skip_missed=True))
+            return self._jittered(self._last_nominal(following, ended))
+        return nxt
+
+    def _last_nominal(
+        self, nominal: datetime.datetime, end: datetime.datetime
+    ) -> datetime.datetime:
+        """The last nominal run at or before ``end``, from ``nominal`` (one of them)."""
+        if self.interval is not None:
+            return nominal + self.interval * math.floor((end - nominal) / self.interval)
+        assert self.schedule is not None
+        for _ in range(MAX_BUFFER_STEPS):
+            following = next_cron(self.schedule, self._tzinfo, nominal)
+            if following > end:
+                break
+            nominal = following
+        return nominal
 
     def _next_nominal(
-        self, nominal: datetime.datetime, now: datetime.datetime
+        self, nominal: datetime.datetime, now: datetime.datetime, *, skip_missed: bool
     ) -> datetime.datetime:
-        skip_missed = self.coalesce != "all"
         if self.interval is not None:
             nxt = nominal + self.interval
             if skip_missed and nxt <= now:
@@ -658,6 +713,7 @@ class Task:
             "coalesce": self.coalesce,
             "max_jitter": self.max_jitter,
             "retry": self.retry,
+            "overlap": self.overlap,
         }
         # either spelling given for the instance replaces both inherited ones
         if "coalesce" in overrides and "fast_forward" not in overrides:
@@ -693,8 +749,8 @@ class Task:
 
         An instance that overrides ``execution_mode``, ``failure_mode``,
         ``lease_duration``, ``fast_forward``, ``misfire_grace_time``, ``coalesce``,
-        ``max_jitter`` or ``retry`` (which 1.x instances could not) carries those keys too, so that
-        :meth:`instantiate_from_spec` rebuilds it exactly.
+        ``max_jitter``, ``retry`` or ``overlap`` (which 1.x instances could not) carries
+        those keys too, so that :meth:`instantiate_from_spec` rebuilds it exactly.
         """
         spec: dict[str, Any] = {
             "name": self.name,
@@ -812,6 +868,14 @@ def extra_run(task: Task) -> ExtraRun:
     run = object.__new__(ExtraRun)
     run.__dict__.update(task.__dict__)
     return run
+
+
+def extra_run_name(kind: str, target: str, at: datetime.datetime) -> str:
+    """The row name of an extra run of ``target`` due at ``at`` (``kind``: ``"b"`` for
+    a backfill, ``"o"`` for an overlapping run): the same for the same run, so queuing
+    it twice queues it once."""
+    key = f"{target}\x00{to_epoch_us(at)}".encode()
+    return f"{RUN_PREFIX}{kind}{hashlib.sha256(key).hexdigest()[:24]}"
 
 
 def extra_run_spec(target: str, spec: str | None) -> str:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import anyio.to_thread
 
-from pyncette import retry
+from pyncette import outcome, retry
 from pyncette.batching import CommitBatcher
 from pyncette.clock import CallTimer, Clock, yield_to_loop
 from pyncette.errors import LeaseLostException
@@ -38,11 +38,22 @@ from pyncette.events import (
 from pyncette.executor import Runner
 from pyncette.model import Context, ExecutionMode, FailureMode, Lease, MiddlewareFunc
 from pyncette.options import AppSettings
-from pyncette.repository import ClaimResult, Commit, Record, Repository
+from pyncette.outcome import RunStatus
+from pyncette.repository import (
+    ClaimResult,
+    Commit,
+    History,
+    Record,
+    Registration,
+    Repository,
+)
 from pyncette.task import (
     STATIC_GROUP,
+    ExtraRun,
     Task,
     extra_run,
+    extra_run_name,
+    extra_run_spec,
     extra_run_target,
     is_async_callable,
 )
@@ -127,6 +138,12 @@ class Worker:
         self._commits = CommitBatcher(self._commit)
         self._background_tasks: set[asyncio.Future[None]] = set()
         self._logged = False
+        self._instance = outcome.this_process()
+        self._history = (
+            History(settings.run_history, settings.run_history_retention)
+            if settings.run_history
+            else None
+        )
         self.last_tick: datetime.datetime | None = None
 
     # -- what is polled ---------------------------------------------------------------
@@ -406,8 +423,10 @@ class Worker:
         self, template: Task | None, rows: list[Claimed], now: datetime.datetime
     ) -> None:
         """Start the claimed ``rows`` (claimed at ``now``): commit at-most-once runs
-        first, and skip runs found later than their task's ``misfire_grace_time``."""
+        first, skip runs found later than their task's ``misfire_grace_time``, and hand
+        runs of ``overlap="allow"`` tasks to rows of their own."""
         at_most_once: list[tuple[Task, Claimed]] = []
+        overlapping: list[tuple[Task, Claimed]] = []
         spawn = self._runner.spawn
         for row in rows:
             task = self._resolve(template, row)
@@ -420,6 +439,9 @@ class Worker:
             if task.execution_mode is ExecutionMode.AT_MOST_ONCE:
                 at_most_once.append((task, row))
                 continue
+            if task.overlap == "allow" and not isinstance(task, ExtraRun):
+                overlapping.append((task, row))
+                continue
             expected = now + task.lease_duration
             # stored with another lease length (imported, or the task changed since):
             # hold it for the task's own lease from the start
@@ -431,10 +453,18 @@ class Worker:
                 logger.warning("Lease lost on %s before it started; skipping", task)
                 continue
             await spawn(self._execute(task, row, claimed_at=now))
+        if overlapping:
+            await self._run_apart(overlapping, now)
         if at_most_once:
             group = rows[0].group
             commits = [
-                Commit(row.name, row.lease, task.next_run(row.scheduled_at, now))
+                Commit(
+                    row.name,
+                    row.lease,
+                    task.next_run(row.scheduled_at, now),
+                    self._outcome(RunStatus.STARTED, row, now),
+                    self._history,
+                )
                 for task, row in at_most_once
             ]
             lost = set(
@@ -446,6 +476,30 @@ class Worker:
                     logger.warning("Lease lost on %s before it started; skipping", task)
                 else:
                     await spawn(self._execute(task, row, at_most_once=True))
+
+    async def _run_apart(self, claimed: list[tuple[Task, Claimed]], now: datetime.datetime) -> None:
+        """``overlap="allow"``: queue each run in a row of its own (an extra run, named
+        after the run, so queuing it again after a crash adds nothing), then move the
+        task's row on to its next run at once, so that the next run starts on time while
+        this one may still be going on. The extra rows are claimed and run like any
+        other, at least once."""
+        group = claimed[0][1].group
+        extra = [
+            Registration(
+                extra_run_name("o", row.name, row.scheduled_at),
+                extra_run_spec(row.name, row.spec),
+                row.scheduled_at,
+                task.lease_duration,
+            )
+            for task, row in claimed
+        ]
+        call = functools.partial(self._repository.register, group, extra, now=now, force=False)
+        await self._bounded(group, call)
+        for task, row in claimed:
+            next_at = task.next_run(row.scheduled_at, now)
+            queued = self._outcome(RunStatus.STARTED, row, now)
+            self._commits.submit(group, Commit(row.name, row.lease, next_at, queued, self._history))
+        self.note_due(group, now)
 
     def _skip_misfire(
         self, task: Task, row: Claimed, now: datetime.datetime, grace: datetime.timedelta
@@ -465,7 +519,36 @@ class Worker:
             reason = f"misfire: {late:.3f} s late, grace {grace.total_seconds():.3f} s"
             self._events.emit(ExecutionSkipped(task, row.scheduled_at, reason))
         next_at = task.next_run(row.scheduled_at, now, claimed_at=now)
-        self._commits.submit(row.group, Commit(row.name, row.lease, next_at))
+        skipped = self._outcome(
+            RunStatus.SKIPPED,
+            row,
+            now,
+            error=f"claimed {late:.3f} s late, more than its misfire_grace_time",
+        )
+        self._commits.submit(
+            row.group, Commit(row.name, row.lease, next_at, skipped, self._history)
+        )
+
+    def _outcome(
+        self,
+        status: RunStatus,
+        row: Claimed,
+        started_at: datetime.datetime,
+        finished_at: datetime.datetime | None = None,
+        *,
+        attempt: int = 1,
+        error: str | None = None,
+    ) -> str:
+        """The stored outcome of ``row``'s run (see :mod:`pyncette.outcome`)."""
+        return outcome.encode(
+            status,
+            scheduled_at=row.scheduled_at,
+            started_at=started_at,
+            duration=None if finished_at is None else finished_at - started_at,
+            attempt=attempt,
+            instance=self._instance,
+            error=error,
+        )
 
     def _resolve(self, template: Task | None, row: Claimed) -> Task | None:
         if template is None:
@@ -529,10 +612,11 @@ class Worker:
         logged = self._logged
         timed = observed or logged
         started = time.perf_counter() if timed else 0.0
-        started_at = self._clock.now() if observed else row.scheduled_at
+        started_at = self._clock.now()
         if observed:
             events.emit(ExecutionStarted(task, row.scheduled_at, started_at))
         retry_as: Claimed | None = None
+        failure: str | None = None
         try:
             await self._invoke(context)
         except LeaseLostException:
@@ -565,8 +649,18 @@ class Worker:
                 if context.lease is None:
                     logger.warning("Lease on %s was lost; not unlocking or committing", task)
                     return
+                failure = outcome.error_text(error)
                 if task.failure_mode is FailureMode.UNLOCK:
-                    await self._release(row, context.lease)
+                    finished_at = self._clock.now()
+                    failed = self._outcome(
+                        RunStatus.FAILED,
+                        row,
+                        started_at,
+                        finished_at,
+                        attempt=attempt,
+                        error=failure,
+                    )
+                    await self._release(row, context.lease, failed, finished_at)
                     return
         else:
             duration = time.perf_counter() - started if timed else 0.0
@@ -594,8 +688,17 @@ class Worker:
         if lease is None:
             logger.warning("Lease on %s was lost; not committing", task)
             return
-        next_at = task.next_run(row.scheduled_at, self._clock.now(), claimed_at=claimed_at)
-        self._commits.submit(row.group, Commit(row.name, lease, next_at))
+        finished_at = self._clock.now()
+        next_at = task.next_run(row.scheduled_at, finished_at, claimed_at=claimed_at)
+        ended = self._outcome(
+            RunStatus.SUCCEEDED if failure is None else RunStatus.FAILED,
+            row,
+            started_at,
+            finished_at,
+            attempt=attempt,
+            error=failure,
+        )
+        self._commits.submit(row.group, Commit(row.name, lease, next_at, ended, self._history))
 
     async def _hold_for_retry(
         self, task: Task, row: Claimed, lease: Lease, attempt: int, error: Exception
@@ -645,10 +748,21 @@ class Worker:
         if self._events.active:
             self._events.emit(LeaseLost(task, row.scheduled_at))
 
-    async def _release(self, row: Claimed, lease: Lease) -> None:
+    async def _release(
+        self,
+        row: Claimed,
+        lease: Lease,
+        ended: str | None = None,
+        now: datetime.datetime | None = None,
+    ) -> None:
+        """Unlock ``row``; with ``ended``, store it as the run's outcome (at ``now``)."""
+        history = self._history if ended is not None else None
         try:
             await self._bounded(
-                row.group, lambda: self._repository.unlock(row.group, row.name, lease)
+                row.group,
+                lambda: self._repository.unlock(
+                    row.group, row.name, lease, outcome=ended, history=history, now=now
+                ),
             )
         except Exception:
             logger.exception("Could not unlock %r; it retries when its lease expires", row.name)

@@ -184,11 +184,17 @@ def _definition(task: Task) -> dict[str, Any]:
 
 
 def _state(state: TaskState | None) -> dict[str, Any]:
+    run = state.last_run if state is not None else None
     return {
         "stored": state is not None,
         "scheduled_at": _time(state.scheduled_at) if state is not None else None,
         "locked_until": _time(state.locked_until) if state is not None else None,
         "locked_by": state.locked_by if state is not None else None,
+        "last_status": run.status.value if run is not None else None,
+        "last_run_at": _time(run.started_at) if run is not None else None,
+        "last_duration": run.duration.total_seconds() if run and run.duration else None,
+        "last_attempt": run.attempt if run is not None else None,
+        "last_error": run.error if run is not None else None,
     }
 
 
@@ -259,7 +265,7 @@ def show_command(app: str, task: str, instance: str | None, as_json: bool) -> No
 def _shown_value(key: str, value: Any) -> str:
     if value is None:
         return "-"
-    if key in ("interval", "lease_duration"):
+    if key in ("interval", "lease_duration", "last_duration"):
         return str(datetime.timedelta(seconds=value))
     if isinstance(value, (dict, list, bool)):
         return json.dumps(value, ensure_ascii=False)

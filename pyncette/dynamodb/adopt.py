@@ -19,6 +19,7 @@ Items under other prefixes are another app's, and left alone; if any look like P
 start-up has just created has nothing to convert and is not scanned. The lock and
 marker items live in the partition ``<prefix>:``, which no group uses, and have no
 due time (:data:`~pyncette.dynamodb.items.DUE_AT`), so no index query ever sees them.
+Run history items (:mod:`.history`) are pyncette's, and never taken for 1.x items.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import botocore.exceptions as bex
 
 from pyncette.clock import real_sleep
 from pyncette.dynamodb.client import ConditionFailed
+from pyncette.dynamodb.history import is_history
 from pyncette.dynamodb.items import PARTITION_ID, TASK_ID, Item, Row, key, partition
 from pyncette.errors import BackendUnavailableError
 from pyncette.legacy import Checker, Entry, convert
@@ -174,7 +176,8 @@ class _Adoption:
         await self._put(item)
 
     async def _pages(self) -> AsyncIterator[list[Item]]:
-        """The table's items that pyncette did not write, a scan page at a time."""
+        """The table's items that pyncette did not write, a scan page at a time (run
+        history items, of any prefix, are pyncette's too)."""
         request: dict[str, Any] = {
             "TableName": self.table,
             "ConsistentRead": True,
@@ -184,7 +187,8 @@ class _Adoption:
         }
         while True:
             page = await self.call(lambda: self.client.scan(**request))
-            yield [item for item in page.get("Items", []) if not _is_control(item)]
+            items = page.get("Items", [])
+            yield [item for item in items if not _is_control(item) and not is_history(item)]
             if "LastEvaluatedKey" not in page:
                 return
             request["ExclusiveStartKey"] = page["LastEvaluatedKey"]

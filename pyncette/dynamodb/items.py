@@ -10,7 +10,10 @@
   name, :func:`due_key` its value);
 * ``spec`` (absent for ``None``), ``scheduled_at``, ``locked_until`` (timestamps like
   the above), ``lease_duration`` (a number of seconds), ``locked_by`` and ``version``,
-  a number every write increments, which claims are conditioned on.
+  a number every write increments, which claims are conditioned on;
+* ``outcome``: the last run's outcome text (absent until a commit or unlock stores one);
+* ``run``: the number of the row's newest run history entry (absent until one is
+  written; see :mod:`.history`).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import Any
 
 from pyncette import codec
 from pyncette.model import ContinuationToken, Lease
-from pyncette.repository import Registration, StoredRow
+from pyncette.repository import Record, Registration, StoredRow
 from pyncette.timeutil import MICROSECOND, duration_us
 
 PARTITION_ID = "partition_id"
@@ -36,6 +39,8 @@ LEASE_DURATION = "lease_duration"
 LOCKED_BY = "locked_by"
 LOCKED_UNTIL = "locked_until"
 VERSION = "version"
+OUTCOME = "outcome"
+RUN = "run"
 
 Item = dict[str, Any]
 """An item in the low-level client's shape: ``{"name": {"S": "value"}, ...}``."""
@@ -99,6 +104,8 @@ class Row(StoredRow):
     locked_by: Lease | None = None
     locked_until: datetime.datetime | None = None
     version: int = 0
+    outcome: str | None = None
+    run: int | None = None
 
     @classmethod
     def new(cls, registration: Registration) -> Row:
@@ -121,6 +128,8 @@ class Row(StoredRow):
         locked_by = item.get(LOCKED_BY)
         locked_until = item.get(LOCKED_UNTIL)
         version = item.get(VERSION)
+        outcome = item.get(OUTCOME)
+        run = item.get(RUN)
         return cls(
             name=item[TASK_ID]["S"],
             spec=spec["S"] if spec is not None else None,
@@ -129,6 +138,8 @@ class Row(StoredRow):
             locked_by=Lease(locked_by["S"]) if locked_by is not None else None,
             locked_until=parse_timestamp(locked_until["S"]) if locked_until is not None else None,
             version=int(version["N"]) if version is not None else 0,
+            outcome=outcome["S"] if outcome is not None else None,
+            run=int(run["N"]) if run is not None else None,
         )
 
     def to_item(self, partition_id: str) -> Item:
@@ -146,7 +157,16 @@ class Row(StoredRow):
             item[LOCKED_BY] = {"S": self.locked_by}
         if self.locked_until is not None:
             item[LOCKED_UNTIL] = {"S": timestamp(self.locked_until)}
+        if self.outcome is not None:
+            item[OUTCOME] = {"S": self.outcome}
+        if self.run is not None:
+            item[RUN] = {"N": str(self.run)}
         return item
+
+    def record(self) -> Record:
+        return Record(
+            self.name, self.spec, self.scheduled_at, self.locked_until, self.locked_by, self.outcome
+        )
 
 
 def key(partition_id: str, name: str) -> Item:

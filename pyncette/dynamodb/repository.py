@@ -6,18 +6,22 @@ import datetime
 import functools
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 
 from pyncette.dynamodb.client import Caller, ConditionFailed
+from pyncette.dynamodb.history import Entry, HistoryStore, expiry, history_partition, next_run
 from pyncette.dynamodb.items import (
     DUE_AT,
     INDEX_NAME,
     LOCKED_BY,
     LOCKED_UNTIL,
+    OUTCOME,
     PARTITION_ID,
+    RUN,
     SCHEDULED_AT,
     TASK_ID,
     VERSION,
@@ -37,12 +41,14 @@ from pyncette.model import ContinuationToken, Lease
 from pyncette.repository import (
     ClaimResult,
     Commit,
+    History,
     Page,
     Record,
     Registration,
     Repository,
     fold_registrations,
 )
+from pyncette.timeutil import to_epoch_us
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -63,15 +69,20 @@ class DynamoDBRepository(Repository):
     on the rows' due time (:data:`~pyncette.dynamodb.items.DUE_AT`) in order and lock
     each candidate with a PutItem conditioned on the version it read, so of two racing
     claims exactly one wins each row. Commits, heartbeats and unlocks are conditioned on
-    ``locked_by`` holding the caller's lease. Writes of one call are sent concurrently,
-    in worker threads. Items in the partitions that pyncette did not write are ignored,
-    never changed."""
+    ``locked_by`` holding the caller's lease, and store the run's outcome on the row in
+    the same request; run history entries follow in ``BatchWriteItem`` requests (see
+    :mod:`.history`). Writes of one call are sent concurrently, in worker threads. Items
+    in the partitions that pyncette did not write are ignored, never changed."""
 
     def __init__(self, client: DynamoDBClient, caller: Caller, table: str, prefix: str) -> None:
         self.client = client
         self.caller = caller
         self.table = table
         self.prefix = prefix
+        self.wall_clock: Callable[[], float] = time.time
+        """Epoch seconds against which history entries count as expired: DynamoDB's time
+        to live deletes them by the real time, whatever clock the app runs on."""
+        self._history = HistoryStore(client, caller, table)
         self._warned_foreign = False
 
     def _row(self, item: Item | None) -> Row | None:
@@ -202,7 +213,7 @@ class DynamoDBRepository(Repository):
             )
         except ConditionFailed:
             return None  # changed since the query: claimed, committed or re-registered
-        return Record(row.name, row.spec, row.scheduled_at, locked_until, lease)
+        return Record(row.name, row.spec, row.scheduled_at, locked_until, lease, row.outcome)
 
     # -- lease holders ------------------------------------------------------------------
 
@@ -211,34 +222,70 @@ class DynamoDBRepository(Repository):
     ) -> list[str]:
         if not commits:
             return []
-        partition_id = self._partition(group)
-        applied = await self._gather([self._commit(partition_id, c) for c in commits])
-        return [c.name for c, ok in zip(commits, applied, strict=True) if not ok]
+        results = await self._gather([self._commit(group, c, now) for c in commits])
+        entries = [entry for _, entry in results if entry is not None]
+        if entries:
+            await self._history.append(entries)
+        return [c.name for c, (ok, _) in zip(commits, results, strict=True) if not ok]
 
-    async def _commit(self, partition_id: str, commit: Commit) -> bool:
-        if commit.next_at is None:
-            return await self._write_held(partition_id, commit.name, commit.lease, None)
-        return await self._write_held(
-            partition_id,
-            commit.name,
-            commit.lease,
-            "SET #sa = :sa, #da = :da REMOVE #lb, #lu ADD #v :one",
-            {
+    async def _commit(
+        self, group: str, commit: Commit, now: datetime.datetime
+    ) -> tuple[bool, Item | None]:
+        """Apply one commit; whether it applied, and the history entry to write for it."""
+        outcome = commit.outcome
+        history = commit.history if outcome is not None else None
+        update: str | None = None  # delete the row
+        values: Item = {}
+        if commit.next_at is not None:
+            sets, stored = _stored_outcome(outcome, history, now)
+            update = f"SET #sa = :sa, #da = :da{sets} REMOVE #lb, #lu ADD #v :one"
+            values = {
                 ":sa": {"S": timestamp(commit.next_at)},
                 ":da": {"S": due_key(commit.next_at, commit.name)},
-            },
+                **stored,
+            }
+        written = await self._write_held(
+            self._partition(group),
+            commit.name,
+            commit.lease,
+            update,
+            values,
+            returns=history is not None,
         )
+        if written is None:
+            return False, None
+        if history is None or outcome is None:
+            return True, None
+        if update is None:  # ``written`` is the deleted item
+            previous = written.get(RUN)
+            run = next_run(int(previous["N"]) if previous is not None else None, now)
+        else:
+            run = int(written[RUN]["N"])
+        return True, self._entry(group, commit.name, run, outcome, history, now)
+
+    def _entry(
+        self,
+        group: str,
+        name: str,
+        run: int,
+        outcome: str,
+        history: History,
+        now: datetime.datetime,
+    ) -> Item:
+        entry = Entry(run, outcome, expiry(now, history.retention))
+        return entry.to_item(history_partition(self.prefix, group, name), history.keep)
 
     async def extend(
         self, group: str, name: str, lease: Lease, *, locked_until: datetime.datetime
     ) -> bool:
-        return await self._write_held(
+        written = await self._write_held(
             self._partition(group),
             name,
             lease,
             "SET #lu = :lu, #da = :da ADD #v :one",
             {":lu": {"S": timestamp(locked_until)}, ":da": {"S": due_key(locked_until, name)}},
         )
+        return written is not None
 
     async def _write_held(
         self,
@@ -247,10 +294,13 @@ class DynamoDBRepository(Repository):
         lease: Lease,
         update: str | None,
         values: Item | None = None,
-    ) -> bool:
+        *,
+        returns: bool = False,
+    ) -> Item | None:
         """Apply ``update`` (with ``values``, and ``:one`` for counting the write in
         ``version``), or delete the row when ``update`` is ``None``, if ``lease`` holds
-        the row; ``False``, changing nothing, if it does not."""
+        the row; ``None``, changing nothing, if it does not. Otherwise the attributes
+        the write returned: with ``returns``, the updated ones (or the deleted item)."""
         guard = "#lb = :lb"
         request: dict[str, Any] = {
             "TableName": self.table,
@@ -259,19 +309,34 @@ class DynamoDBRepository(Repository):
             "ExpressionAttributeNames": _names(*_ALIAS.findall(f"{guard} {update or ''}")),
             "ExpressionAttributeValues": {":lb": {"S": lease}, **(values or {})},
         }
-        write: Callable[..., object] = self.client.delete_item
+        write: Callable[..., Any] = self.client.delete_item
         if update is not None:
             write = self.client.update_item
             request["UpdateExpression"] = update
             request["ExpressionAttributeValues"][":one"] = _ONE
+        if returns:
+            request["ReturnValues"] = "ALL_OLD" if update is None else "UPDATED_NEW"
         try:
-            await self.caller(functools.partial(write, **request))
+            response = await self.caller(functools.partial(write, **request))
         except ConditionFailed:
-            return False
-        return True
+            return None
+        attributes: Item = response.get("Attributes", {})
+        return attributes
 
-    async def unlock(self, group: str, name: str, lease: Lease) -> bool:
+    async def unlock(
+        self,
+        group: str,
+        name: str,
+        lease: Lease,
+        *,
+        outcome: str | None = None,
+        history: History | None = None,
+        now: datetime.datetime | None = None,
+    ) -> bool:
         partition_id = self._partition(group)
+        if outcome is None or now is None:
+            history = None
+        sets, values = _stored_outcome(outcome, history, now)
         # The index key goes back to scheduled_at, which only a read can tell; the write
         # is then conditioned on both the lease and the scheduled_at it was computed from.
         row = await self._read(partition_id, name)
@@ -279,27 +344,33 @@ class DynamoDBRepository(Repository):
             if row is None or row.locked_by != lease:
                 return False
             scheduled_at = row.scheduled_at
+            update = f"SET #da = :da{sets} REMOVE #lb, #lu ADD #v :one"
+            condition = "#lb = :lb AND #sa = :sa"
+            request: dict[str, Any] = {
+                "TableName": self.table,
+                "Key": key(partition_id, name),
+                "UpdateExpression": update,
+                "ConditionExpression": condition,
+                "ExpressionAttributeNames": _names(*_ALIAS.findall(f"{update} {condition}")),
+                "ExpressionAttributeValues": {
+                    ":lb": {"S": lease},
+                    ":sa": {"S": timestamp(scheduled_at)},
+                    ":da": {"S": due_key(scheduled_at, name)},
+                    ":one": _ONE,
+                    **values,
+                },
+                "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+            }
+            if history is not None:
+                request["ReturnValues"] = "UPDATED_NEW"
             try:
-                await self.caller(
-                    functools.partial(
-                        self.client.update_item,
-                        TableName=self.table,
-                        Key=key(partition_id, name),
-                        UpdateExpression="SET #da = :da REMOVE #lb, #lu ADD #v :one",
-                        ConditionExpression="#lb = :lb AND #sa = :sa",
-                        ExpressionAttributeNames=_names("#da", "#lb", "#lu", "#v", "#sa"),
-                        ExpressionAttributeValues={
-                            ":lb": {"S": lease},
-                            ":sa": {"S": timestamp(scheduled_at)},
-                            ":da": {"S": due_key(scheduled_at, name)},
-                            ":one": _ONE,
-                        },
-                        ReturnValuesOnConditionCheckFailure="ALL_OLD",
-                    )
-                )
+                response = await self.caller(functools.partial(self.client.update_item, **request))
             except ConditionFailed as refused:
                 row = self._row(refused.item)
                 continue
+            if history is not None and outcome is not None and now is not None:
+                run = int(response["Attributes"][RUN]["N"])
+                await self._history.append([self._entry(group, name, run, outcome, history, now)])
             return True
         raise BackendUnavailableError(
             f"DynamoDB {self.caller.where}: unlock of {name!r} kept racing"
@@ -345,6 +416,7 @@ class DynamoDBRepository(Repository):
         for _ in range(MAX_WRITE_ATTEMPTS):
             if old is None:
                 row.version = 1
+                row.outcome = row.run = None
                 condition = "attribute_not_exists(#tid)"
                 names = {"#tid": TASK_ID}
                 values: dict[str, Any] = {}
@@ -354,6 +426,7 @@ class DynamoDBRepository(Repository):
                 if not force:
                     row.scheduled_at = min(old.scheduled_at, registration.scheduled_at)
                 row.version = old.version + 1
+                row.outcome, row.run = old.outcome, old.run  # not the registration's to change
                 condition = "#v = :v"
                 names = {"#v": VERSION}
                 values = {":v": {"N": str(old.version)}}
@@ -398,6 +471,11 @@ class DynamoDBRepository(Repository):
         row = await self._read(self._partition(group), name)
         return row.record() if row is not None else None
 
+    async def history(self, group: str, name: str, *, limit: int) -> list[str]:
+        partition_id = history_partition(self.prefix, group, name)
+        entries = await self._history.read(partition_id, now=int(self.wall_clock()))
+        return [entry.outcome for entry in entries[:limit]]
+
     async def list(
         self,
         group: str,
@@ -432,6 +510,8 @@ _NAMES = {
     "#lb": LOCKED_BY,
     "#lu": LOCKED_UNTIL,
     "#v": VERSION,
+    "#out": OUTCOME,
+    "#run": RUN,
 }
 
 
@@ -440,3 +520,18 @@ _ALIAS = re.compile(r"#\w+")
 
 def _names(*aliases: str) -> dict[str, str]:
     return {alias: _NAMES[alias] for alias in aliases}
+
+
+def _stored_outcome(
+    outcome: str | None, history: History | None, now: datetime.datetime | None
+) -> tuple[str, Item]:
+    """The ``SET`` clauses (each after a comma) and values that store ``outcome`` on the
+    row and, with ``history``, count its run (see :mod:`.history`)."""
+    if outcome is None:
+        return "", {}
+    sets = ", #out = :out"
+    values: Item = {":out": {"S": outcome}}
+    if history is not None and now is not None:
+        sets += ", #run = if_not_exists(#run, :start) + :one"
+        values[":start"] = {"N": str(to_epoch_us(now))}
+    return sets, values

@@ -1,9 +1,11 @@
 """Key layout: every key of one group shares a cluster hash tag.
 
 A group's keys are ``pyncette:{<namespace>:<group>}:rows`` (hash of row values),
-``...:due`` (names scored by claimable time) and ``...:names`` (names for listing).
+``...:due`` (names scored by claimable time) and ``...:names`` (names for listing), and
+one run-history list per row, ``...:history:<row name>``, that expires on its own.
 Braces and ``%`` in the group are percent-escaped so that the hash tag (the text between
-the first ``{`` and the next ``}``) always covers the namespace and the whole group.
+the first ``{`` and the next ``}``) always covers the namespace and the whole group; a
+row name comes after the tag, so whatever it contains cannot move the key's slot.
 """
 
 from __future__ import annotations
@@ -12,6 +14,9 @@ import functools
 from typing import NamedTuple
 
 PREFIX = "pyncette"
+HISTORY = "history:"
+"""What the name of every history key starts with after the group's tag: no other key
+of a group (``rows``, ``due``, ``names``, the 1.x marker keys) does."""
 
 
 class GroupKeys(NamedTuple):
@@ -25,9 +30,20 @@ def escape_group(group: str) -> str:
 
 
 @functools.lru_cache(maxsize=4096)
+def group_base(namespace: str, group: str) -> str:
+    """What every key of ``group`` starts with: ``pyncette:{<namespace>:<group>}:``."""
+    return f"{PREFIX}:{{{namespace}:{escape_group(group)}}}:"
+
+
+@functools.lru_cache(maxsize=4096)
 def group_keys(namespace: str, group: str) -> GroupKeys:
-    base = f"{PREFIX}:{{{namespace}:{escape_group(group)}}}:"
+    base = group_base(namespace, group)
     return GroupKeys(base + "rows", base + "due", base + "names")
+
+
+def history_key(namespace: str, group: str, name: str) -> str:
+    """The list of row ``name``'s past outcomes, newest first (in the group's slot)."""
+    return group_base(namespace, group) + HISTORY + name
 
 
 def wake_channel(namespace: str) -> str:

@@ -2,14 +2,20 @@
 --
 -- The rows of a group live in one hash (field = row name). A value reads
 --
---   <scheduled_at>,<lease_duration>,<locked_until>,<holder length>,<holder><spec>
+--   <scheduled_at>,<lease_duration>,<locked_until>,<holder length>,<holder><tail>
 --
 -- Times are integer microseconds since the Unix epoch. While a row is unlocked,
 -- <locked_until> is empty and <holder length> is 0. <holder> is the lease token, as
--- many bytes as its length says. <spec> is "n" (no spec) or "s" and the spec text.
+-- many bytes as its length says. <tail> is the row's last outcome, if it has one, as
+-- "o", its length in bytes, "," and the text, followed by the spec: "n" (no spec) or
+-- "s" and the spec text. Rows written before outcomes were stored have no "o" part and
+-- read as having none.
+--
 -- The second key of a group is a sorted set of row names scored by the time each row
 -- becomes claimable (locked_until when locked, scheduled_at otherwise); the third one
 -- holds every row name at score 0, for listing in name order.
+-- A row's run history is a list of its own, passed by the caller to the scripts that
+-- append to it (see keys.py).
 --
 -- Callers keep batches small enough (at most a few thousand arguments) for unpack().
 
@@ -25,15 +31,47 @@ local function write_row(sched, dur, till, holder, tail)
   return sched .. ',' .. dur .. ',' .. till .. ',' .. len(holder) .. ',' .. holder .. tail
 end
 
+local function integer(number)
+  return format('%.0f', number)
+end
+
+-- Where the spec part ('n' or 's' .. spec) of a tail starts: after the outcome, if any.
+local function spec_start(tail)
+  if sub(tail, 1, 1) ~= 'o' then
+    return 1
+  end
+  local size, at = match(tail, '^o(%d+),()')
+  return at + tonumber(size)
+end
+
 local function spec_of(tail)
-  if sub(tail, 1, 1) == 's' then
-    return sub(tail, 2)
+  local at = spec_start(tail)
+  if sub(tail, at, at) == 's' then
+    return sub(tail, at + 1)
   end
   return false
 end
 
-local function integer(number)
-  return format('%.0f', number)
+-- `tail` with its outcome replaced by `outcome`.
+local function with_outcome(tail, outcome)
+  return 'o' .. len(outcome) .. ',' .. outcome .. sub(tail, spec_start(tail))
+end
+
+-- `spec_tail` ('n' or 's' .. spec) after the outcome that `tail` holds, if any.
+local function with_spec(tail, spec_tail)
+  local at = spec_start(tail)
+  if at == 1 then
+    return spec_tail
+  end
+  return sub(tail, 1, at - 1) .. spec_tail
+end
+
+-- Add `outcome` to the run history list `key`: the newest `keep` entries, the key
+-- expiring `retention` milliseconds after this write.
+local function remember(key, outcome, keep, retention)
+  redis.call('LPUSH', key, outcome)
+  redis.call('LTRIM', key, 0, integer(keep - 1))
+  redis.call('PEXPIRE', key, integer(retention))
 end
 
 -- The fields of row `name` if lease `lease` holds it; nil otherwise.

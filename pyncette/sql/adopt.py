@@ -162,11 +162,14 @@ def before_create(conn: Connection, table: str, now: datetime.datetime) -> bool:
             check(read_entries(conn, backup), now, _source(conn, backup))
             conn.execute(text(f"DROP TABLE {_quote(conn, table)}"))
             return True
+        # revision 0002 added the outcome column (and the history table)
+        names = {column["name"].lower() for column in inspect(conn).get_columns(table)}
+        revision = "0002" if "outcome" in names else "0001"
         raise ValueError(
             f"Table {table!r} has pyncette's layout, but its version table "
-            f"{table}_alembic_version records no revision: if it is at the first revision, "
-            "record that with `alembic -x url=... -x table=... stamp 0001`; otherwise choose "
-            f"another {option}"
+            f"{table}_alembic_version records no revision: if it is at revision {revision}, "
+            f"record that with `alembic -x url=... -x table=... stamp {revision}`; otherwise "
+            f"choose another {option}"
         )
     columns = sorted(column["name"] for column in inspect(conn).get_columns(table))
     raise ValueError(

@@ -15,7 +15,7 @@ from pyncette.sql.engine import create_engine, detect_capabilities, enable_wal, 
 from pyncette.sql.migrations import ensure_table
 from pyncette.sql.names import DEFAULT_TABLE, validate_table_name
 from pyncette.sql.repository import SqlRepository
-from pyncette.sql.schema import make_table
+from pyncette.sql.schema import make_history_table, make_table
 from pyncette.urls import mask_url
 
 DEFAULT_POOL_SIZE = 10
@@ -85,6 +85,9 @@ async def open_sql_repository(
                 skip_table_create=skip_table_create,
                 option=f"{option_prefix}skip_table_create",
             )
-        yield SqlRepository(engine, make_table(MetaData(), table_name), caps, where=where)
+        metadata = MetaData()
+        table = make_table(metadata, table_name)
+        history = make_history_table(metadata, table_name)
+        yield SqlRepository(engine, table, history, caps, where=where)
     finally:
         await engine.dispose()

@@ -102,6 +102,11 @@ class Capabilities:
     notify: bool = False
     """``LISTEN``/``NOTIFY`` between sessions (PostgreSQL): the wake-up channel of
     ``instant_wakeups``."""
+    delete_subquery: bool = True
+    """``DELETE … WHERE id IN (SELECT … FROM the same table …)`` looks up the few ids
+    selected. MySQL/MariaDB refuse a subquery on the table being deleted from, or run it
+    against every row of the table; there history trimming joins its candidates
+    (multi-table ``DELETE``) and the retention sweep is a ``DELETE … LIMIT``."""
 
 
 def detect_capabilities(dialect: Dialect) -> Capabilities:
@@ -120,10 +125,21 @@ def detect_capabilities(dialect: Dialect) -> Capabilities:
     if dialect.name in ("mysql", "mariadb"):
         version = tuple(dialect.server_version_info or ())
         minimum = (10, 6) if getattr(dialect, "is_mariadb", False) else (8, 0, 1)
-        return Capabilities(False, False, True, version >= minimum, "named", {}, upsert_where=False)
+        return Capabilities(
+            False,
+            False,
+            True,
+            version >= minimum,
+            "named",
+            {},
+            upsert_where=False,
+            delete_subquery=False,
+        )
     if dialect.name == "sqlite":
-        if tuple(dialect.server_version_info or ()) < (3, 24):
-            raise ValueError("pyncette needs SQLite 3.24 or newer (INSERT … ON CONFLICT)")
+        if tuple(dialect.server_version_info or ()) < (3, 25):
+            raise ValueError(
+                "pyncette needs SQLite 3.25 or newer (INSERT … ON CONFLICT, window functions)"
+            )
         returning = bool(dialect.update_returning and dialect.delete_returning)
         return Capabilities(False, returning, False, False, "immediate", {_NO_BEGIN: True})
     raise ValueError(f"Unsupported SQL dialect {dialect.name!r}")

@@ -23,8 +23,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from pyncette.sql.adopt import pyncette1_problem
 from pyncette.sql.engine import create_engine, detect_capabilities, migration_lock, normalize_url
 from pyncette.sql.names import DEFAULT_TABLE as DEFAULT_TABLE  # (pyncette.cli reads it here)
-from pyncette.sql.names import validate_table_name, version_table_name
-from pyncette.sql.schema import make_table
+from pyncette.sql.names import history_table_name, validate_table_name, version_table_name
+from pyncette.sql.schema import make_history_table, make_table
 from pyncette.urls import mask_url
 
 TABLE_ATTRIBUTE = "pyncette_table"
@@ -66,6 +66,17 @@ def table_exists(connection: Connection, table: str) -> bool:
     return inspect(connection).has_table(table)
 
 
+def missing_upgrade(connection: Connection, table: str) -> str | None:
+    """What the newest revision adds that the existing ``table`` lacks, if anything."""
+    inspector = inspect(connection)
+    columns = {column["name"].lower() for column in inspector.get_columns(table)}
+    if "outcome" not in columns:
+        return "no outcome column"
+    if not inspector.has_table(history_table_name(table)):
+        return f"no history table {history_table_name(table)!r}"
+    return None
+
+
 _LOCKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
     weakref.WeakKeyDictionary()
 )
@@ -105,14 +116,24 @@ async def ensure_table(
                 f"root, or add `-c {alembic_ini()}`), or unset {option} to have it "
                 "converted at start-up."
             )
+        missing = await conn.run_sync(missing_upgrade, table)
+        if missing is not None:
+            raise ValueError(
+                f"Table {table!r} is at an older revision ({missing}) and {option} is set. "
+                f"Upgrade it with `{upgrade_command(mask_url(engine.url), table)}` (from the "
+                f"pyncette source root, or add `-c {alembic_ini()}`), or unset {option} to "
+                "have it upgraded at start-up."
+            )
 
 
 def _create_version_table(connection: Connection, table: str) -> None:
     """Create the version table as Alembic would, but with an unnamed primary key.
 
-    Alembic names the key ``<version table>_pkc``; MySQL ignores names of primary keys
-    (they are all ``PRIMARY``) and answers with a note that drivers log as a warning.
-    The table is the same either way; Alembic finds it and uses it.
+    Alembic names the key ``<version table>_pkc``: MySQL ignores names of primary keys
+    (they are all ``PRIMARY``) and answers with a note that drivers log as a warning, and
+    for the longest table names it exceeds PostgreSQL's 63 characters, where the name the
+    database chooses itself is shortened to fit. The table is the same either way;
+    Alembic finds it and uses it.
     """
     versions = Table(
         version_table_name(table),
@@ -136,11 +157,11 @@ def run_env() -> None:
     config.attributes[TABLE_ATTRIBUTE] = table
     metadata = MetaData()
     make_table(metadata, table)
+    make_history_table(metadata, table)
 
     def migrate(connection: Connection) -> None:
         with migration_lock(connection, table, detect_capabilities(connection.dialect)):
-            if connection.dialect.name == "mysql":
-                _create_version_table(connection, table)
+            _create_version_table(connection, table)
             context.configure(
                 connection=connection,
                 target_metadata=metadata,

@@ -11,16 +11,18 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
-from sqlalchemy import Table, text
+from sqlalchemy import Table, exc, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from pyncette import retry
 from pyncette.batching import chunks
 from pyncette.clock import real_sleep, real_timeout
+from pyncette.errors import BackendUnavailableError
 from pyncette.model import ContinuationToken, Lease
 from pyncette.repository import (
     ClaimResult,
     Commit,
+    History,
     Page,
     Record,
     Registration,
@@ -36,10 +38,11 @@ from pyncette.sql.engine import (
     retry_dropped,
     translate_errors,
 )
-from pyncette.sql.statements import Statements
+from pyncette.sql.statements import SWEEP_LIMIT, Statements
 from pyncette.timeutil import duration_us, to_epoch_us
 
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
 
 KEEPALIVE = 30.0
 """Seconds between checks that the ``LISTEN`` connection still answers."""
@@ -47,6 +50,8 @@ _NOTIFY = text("SELECT pg_notify(:channel, :payload)")
 
 CHUNK = 200
 """Rows per statement in batched writes (keeps bound parameters well under every limit)."""
+SWEEP_INTERVAL = datetime.timedelta(minutes=1)
+"""How often (by the writes' ``now``) one repository sweeps expired history entries."""
 
 
 class SqlRepository(Repository):
@@ -83,16 +88,35 @@ class SqlRepository(Repository):
       there are any. Where that is one statement it runs without ``BEGIN``/``COMMIT``:
       on PostgreSQL always, and on SQLite for a single row, as the upsert ``RETURNING``
       the name if it wrote the row.
+    * outcomes: a commit or unlock carrying one writes it in the same ``UPDATE`` (a
+      ``COALESCE`` of the new value and the stored one); one without uses the statements
+      above unchanged. With a :class:`~pyncette.repository.History`, the entries are
+      appended and the rows' history trimmed to ``keep`` in the same transaction: on
+      PostgreSQL in the same statement (data-modifying ``WITH`` parts), elsewhere as an
+      ``INSERT`` and a ``DELETE`` after the guarded write. Entries past their retention
+      are deleted by a sweep of at most :data:`~pyncette.sql.statements.SWEEP_LIMIT`
+      of them, one statement of its own after a history write, at most once per
+      :data:`SWEEP_INTERVAL` (again at the next write while it finds a full batch).
+      Trimming and the sweep may meet on the same entries, so a history-carrying write
+      chosen as a deadlock victim is run again (:data:`~pyncette.retry.CONFLICT`); on
+      PostgreSQL the sweep skips locked entries and never waits.
     """
 
     def __init__(
-        self, engine: AsyncEngine, table: Table, caps: Capabilities, *, where: str
+        self,
+        engine: AsyncEngine,
+        table: Table,
+        history: Table,
+        caps: Capabilities,
+        *,
+        where: str,
     ) -> None:
         self._engine = engine
         self._single = engine.execution_options(**caps.autocommit) if caps.autocommit else engine
         self._caps = caps
         self._where = where
-        self._sql = Statements(table, caps)
+        self._sql = Statements(table, history, caps)
+        self._next_sweep: datetime.datetime | None = None
         # one channel per table; hashed, as channel names are identifiers of <= 63 bytes
         digest = hashlib.sha256(table.fullname.encode("utf-8")).hexdigest()[:24]
         self._channel = f"pyncette_{digest}"
@@ -224,20 +248,26 @@ class SqlRepository(Repository):
                 unique[item.name] = item
         batch = list(unique.values())
         applied: set[str] = set()
+        keeps_history = False
         for chunk in chunks(batch, CHUNK):
+            # one statement per kind of write, unless history follows it (not PostgreSQL)
+            history = any(_keeps_history(item) for item in chunk)
+            keeps_history |= history
+            atomic = not self._caps.returning or (history and not self._caps.array_params)
+            # trimming history may meet the retention sweep: a deadlock victim runs again
+            attempts = retry.CONFLICT_ATTEMPTS if history else 1
+            write = functools.partial(self._commit_chunk, group=group, chunk=chunk, now=now)
             try:
-                applied |= await self._run(
-                    functools.partial(self._commit_chunk, group=group, chunk=chunk),
-                    atomic=not self._caps.returning,
-                )
+                applied |= await self._run(write, atomic=atomic, attempts=attempts)
             except _NotAllHeld:
                 # rolled back; find out which rows are still held, then write those
                 applied |= await self._run(
-                    functools.partial(
-                        self._commit_chunk, group=group, chunk=chunk, check_first=True
-                    ),
+                    functools.partial(write, check_first=True),
                     atomic=True,
+                    attempts=attempts,
                 )
+        if keeps_history:
+            await self._sweep(now)
         return [item.name for item in batch if item.name not in applied] + lost
 
     async def _commit_chunk(
@@ -246,6 +276,7 @@ class SqlRepository(Repository):
         group: str,
         chunk: Sequence[Commit],
         *,
+        now: datetime.datetime,
         check_first: bool = False,
     ) -> set[str]:
         """Without ``RETURNING`` (MySQL) the guarded writes run first, optimistically: if
@@ -268,22 +299,35 @@ class SqlRepository(Repository):
                     "leases": [item.lease for item in moved],
                     "at": [to_epoch_us(item.next_at) for item in moved],  # type: ignore[arg-type]
                 }
-                applied.update((await conn.execute(sql.commit_moved, arrays)).scalars())
+                stmt = sql.commit_moved
+                if any(item.outcome is not None for item in moved):
+                    stmt = sql.commit_moved_outcome
+                    if any(_keeps_history(item) for item in moved):
+                        stmt = sql.commit_moved_history
+                    arrays.update(_history_arrays(moved, now))
+                applied.update((await conn.execute(stmt, arrays)).scalars())
             if done:
                 arrays = {
                     "group": group,
                     "names": [item.name for item in done],
                     "leases": [item.lease for item in done],
                 }
-                applied.update((await conn.execute(sql.commit_done, arrays)).scalars())
+                stmt = sql.commit_done
+                if any(_keeps_history(item) for item in done):
+                    stmt = sql.commit_done_history
+                    arrays.update(_history_arrays(done, now))
+                applied.update((await conn.execute(stmt, arrays)).scalars())
             return applied
         written = 0
         if moved:
             params = _owned(group, moved)
+            outcome = any(item.outcome is not None for item in moved)
             for i, item in enumerate(moved):
                 params[f"k{i}"] = item.name
                 params[f"v{i}"] = item.next_at
-            result = await conn.execute(sql.commit_update(len(moved)), params)
+                if outcome:
+                    params[f"o{i}"] = item.outcome
+            result = await conn.execute(sql.commit_update(len(moved), outcome=outcome), params)
             applied.update(result.scalars() if returning else params["names"])
             written += result.rowcount
         if done:
@@ -293,7 +337,56 @@ class SqlRepository(Repository):
             written += result.rowcount
         if not returning and not check_first and written != len(chunk):
             raise _NotAllHeld
+        entries = [item for item in chunk if item.name in applied and _keeps_history(item)]
+        if entries:
+            await self._append_history(conn, group, entries, now)
         return applied
+
+    async def _append_history(
+        self,
+        conn: AsyncConnection,
+        group: str,
+        entries: Sequence[Commit],
+        now: datetime.datetime,
+    ) -> None:
+        """Add the entries of rows just written, then trim each row's history to its
+        ``keep`` (one ``DELETE`` per distinct ``keep``; a batch usually has one)."""
+        sql = self._sql
+        rows = [
+            {
+                "group": group,
+                "name": item.name,
+                "expires": _expiry(now, item.history.retention),  # type: ignore[union-attr]
+                "outcome": item.outcome,
+            }
+            for item in entries
+        ]
+        await conn.execute(sql.history_insert, rows)
+        by_keep: dict[int, list[str]] = {}
+        for item in entries:
+            assert item.history is not None
+            by_keep.setdefault(item.history.keep, []).append(item.name)
+        for keep, names in by_keep.items():
+            await conn.execute(sql.history_trim, {"group": group, "names": names, "keep": keep})
+
+    async def _sweep(self, now: datetime.datetime) -> None:
+        """Delete expired history entries, if :data:`SWEEP_INTERVAL` has passed since
+        the last sweep (or it found more than it could take). Best effort: a failure
+        is logged, and the next sweep tries again."""
+        if self._next_sweep is not None and now < self._next_sweep:
+            return
+        self._next_sweep = now + SWEEP_INTERVAL
+
+        async def run(conn: AsyncConnection) -> int:
+            return (await conn.execute(self._sql.history_sweep, {"now": now})).rowcount
+
+        try:
+            deleted = await self._run(run, atomic=False)
+        except (exc.DBAPIError, BackendUnavailableError) as error:
+            logger.info("Sweeping expired run history failed; trying again later: %s", error)
+            return
+        if deleted >= SWEEP_LIMIT:
+            self._next_sweep = None  # more to do: again at the next write
 
     async def extend(
         self, group: str, name: str, lease: Lease, *, locked_until: datetime.datetime
@@ -301,9 +394,41 @@ class SqlRepository(Repository):
         params = {"group": group, "key": name, "lease": lease, "until": locked_until}
         return await self._rowcount(self._sql.extend, params) == 1
 
-    async def unlock(self, group: str, name: str, lease: Lease) -> bool:
-        params = {"group": group, "key": name, "lease": lease}
-        return await self._rowcount(self._sql.unlock, params) == 1
+    async def unlock(
+        self,
+        group: str,
+        name: str,
+        lease: Lease,
+        *,
+        outcome: str | None = None,
+        history: History | None = None,
+        now: datetime.datetime | None = None,
+    ) -> bool:
+        params: dict[str, Any] = {"group": group, "key": name, "lease": lease}
+        if outcome is None:
+            return await self._rowcount(self._sql.unlock, params) == 1
+        if history is None or now is None:
+            params["outcome"] = outcome
+            return await self._rowcount(self._sql.unlock_outcome, params) == 1
+        entry = Commit(name, lease, None, outcome, history)
+        sql = self._sql
+
+        async def run(conn: AsyncConnection) -> bool:
+            if self._caps.array_params:
+                arrays = {"group": group, "names": [name], "leases": [lease]}
+                arrays.update(_history_arrays([entry], now))
+                return bool((await conn.execute(sql.unlock_history, arrays)).all())
+            unlocked = await conn.execute(sql.unlock_outcome, {**params, "outcome": outcome})
+            if unlocked.rowcount != 1:
+                return False
+            await self._append_history(conn, group, [entry], now)
+            return True
+
+        done = await self._run(
+            run, atomic=not self._caps.array_params, attempts=retry.CONFLICT_ATTEMPTS
+        )
+        await self._sweep(now)
+        return done
 
     async def _rowcount(self, stmt: Any, params: dict[str, Any]) -> int:
         async def run(conn: AsyncConnection) -> int:
@@ -409,6 +534,14 @@ class SqlRepository(Repository):
 
         return await self._run(run, atomic=False)
 
+    async def history(self, group: str, name: str, *, limit: int) -> list[str]:
+        params = {"group": group, "key": name, "limit": limit}
+
+        async def run(conn: AsyncConnection) -> list[str]:
+            return list((await conn.execute(self._sql.history, params)).scalars())
+
+        return await self._run(run, atomic=False)
+
     async def list(
         self,
         group: str,
@@ -436,12 +569,37 @@ class _NotAllHeld(Exception):
 
 
 def _record(row: Any) -> Record:
-    """``(name, spec, scheduled_at, due_at, locked_by)`` -> Record; ``due_at`` is the
-    lease expiry while the row is locked."""
+    """``(name, spec, scheduled_at, due_at, locked_by, outcome)`` -> Record; ``due_at`` is
+    the lease expiry while the row is locked."""
     locked_by = row[4]
     if locked_by is None:
-        return Record(row[0], row[1], row[2], None, None)
-    return Record(row[0], row[1], row[2], row[3], Lease(locked_by))
+        return Record(row[0], row[1], row[2], None, None, row[5])
+    return Record(row[0], row[1], row[2], row[3], Lease(locked_by), row[5])
+
+
+def _keeps_history(item: Commit) -> bool:
+    return item.outcome is not None and item.history is not None
+
+
+def _expiry(now: datetime.datetime, retention: datetime.timedelta) -> datetime.datetime:
+    """When an entry written at ``now`` may be swept (the end of time if the retention
+    is too long to add)."""
+    try:
+        return now + retention
+    except OverflowError:
+        return datetime.datetime.max.replace(tzinfo=datetime.UTC)
+
+
+def _history_arrays(commits: Sequence[Commit], now: datetime.datetime) -> dict[str, Any]:
+    """The ``outcomes``, ``keeps`` and ``expires`` arrays of PostgreSQL's outcome writes
+    (``keeps`` NULL: no history entry)."""
+    keeps: list[int | None] = []
+    expires: list[int | None] = []
+    for item in commits:
+        history = item.history if item.outcome is not None else None
+        keeps.append(None if history is None else history.keep)
+        expires.append(None if history is None else to_epoch_us(_expiry(now, history.retention)))
+    return {"outcomes": [item.outcome for item in commits], "keeps": keeps, "expires": expires}
 
 
 def _owned(group: str, commits: Sequence[Commit]) -> dict[str, Any]:

@@ -19,6 +19,20 @@ Layout and why:
   collation either folds case or pads trailing spaces, either of which would merge
   distinct task names. The text ``spec`` column is ``MEDIUMTEXT`` there, as ``TEXT``
   stops at 64 KiB.
+* ``outcome`` (revision 0002) is the last run's outcome, opaque text written by the core
+  in the same statement as the commit or unlock that carries it; ``NULL`` until then.
+
+The history table ``<table>_history`` (revision 0002, :func:`make_history_table`) holds
+one row per outcome written with a :class:`~pyncette.repository.History`:
+
+* ``id`` is an auto-increment key; a row's entries are only ever written by the holder
+  of its lease, one at a time, so ``id`` order is write order, and newest first is
+  ``ORDER BY id DESC`` over the index ``(task_group, name, id)``, which also serves the
+  per-row trimming of entries beyond ``keep``.
+* ``expires_at`` is the write's ``now`` plus the entry's retention, so one sweep over the
+  index ``(expires_at)`` drops expired entries of every row, tasks with different
+  retentions and rows deleted since alike.
+* No foreign key to the task table: history outlives a deleted row.
 
 Alembic (``alembic/versions``) creates this table; ``make_table`` is what the
 repository queries and what the migration tests compare the database against.
@@ -33,7 +47,9 @@ from sqlalchemy import (
     BigInteger,
     Column,
     Dialect,
+    Identity,
     Index,
+    Integer,
     MetaData,
     PrimaryKeyConstraint,
     String,
@@ -43,7 +59,13 @@ from sqlalchemy import (
 from sqlalchemy.dialects import mysql
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
-from pyncette.sql.names import due_index_name, validate_table_name
+from pyncette.sql.names import (
+    due_index_name,
+    history_expiry_index_name,
+    history_key_index_name,
+    history_table_name,
+    validate_table_name,
+)
 from pyncette.timeutil import duration_us, from_epoch_us, to_epoch_us
 
 
@@ -116,8 +138,36 @@ def make_table(metadata: MetaData, name: str) -> Table:
         Column("due_at", UtcMicros(), nullable=False),
         Column("lease_duration_us", Micros(), nullable=False),
         Column("locked_by", key_type(), nullable=True),
+        Column("outcome", text_type(), nullable=True),
         PrimaryKeyConstraint("task_group", "name"),
         Index(due_index_name(name), "task_group", "due_at"),
+        quote=True,
+        **TABLE_OPTIONS,
+    )
+
+
+def history_id_type() -> TypeEngine[int]:
+    """``BIGINT`` (``INTEGER`` on SQLite, where only an ``INTEGER PRIMARY KEY`` is the
+    auto-assigned rowid)."""
+    return BigInteger().with_variant(Integer(), "sqlite")
+
+
+def make_history_table(metadata: MetaData, table: str) -> Table:
+    """Define the run history of the task table ``table`` in ``metadata``."""
+    validate_table_name("table name", table)
+    return Table(
+        history_table_name(table),
+        metadata,
+        # an identity column on PostgreSQL: INSERT on the table is all it needs, unlike
+        # BIGSERIAL's sequence; AUTO_INCREMENT on MySQL, the rowid on SQLite
+        Column("id", history_id_type(), Identity(), nullable=False),
+        Column("task_group", key_type(), nullable=False),
+        Column("name", key_type(), nullable=False),
+        Column("expires_at", UtcMicros(), nullable=False),
+        Column("outcome", text_type(), nullable=False),
+        PrimaryKeyConstraint("id"),
+        Index(history_key_index_name(table), "task_group", "name", "id"),
+        Index(history_expiry_index_name(table), "expires_at"),
         quote=True,
         **TABLE_OPTIONS,
     )

@@ -5,6 +5,10 @@ statements apply. With array parameters (PostgreSQL) every statement has a fixed
 elsewhere the only statement whose shape depends on the batch (the commit's ``CASE``
 over ``n`` rows) is built once per size and kept, and registrations are one-row upserts
 sent with ``executemany``.
+
+Outcomes and history have statements of their own, used only by writes that carry them,
+so a commit or unlock without an outcome runs exactly the statements it ran before they
+existed.
 """
 
 from __future__ import annotations
@@ -22,12 +26,15 @@ from sqlalchemy import (
     Select,
     String,
     Table,
+    Text,
     Update,
+    any_,
     bindparam,
     case,
     column,
     delete,
     func,
+    insert,
     null,
     select,
     tuple_,
@@ -37,10 +44,14 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.sql.dml import ReturningDelete, ReturningUpdate
-from sqlalchemy.sql.elements import BindParameter
+from sqlalchemy.sql.elements import BindParameter, ColumnElement
+from sqlalchemy.sql.selectable import CTE
 
 from pyncette.sql.engine import Capabilities
 from pyncette.sql.schema import Micros, UtcMicros, key_type, text_type
+
+SWEEP_LIMIT = 1000
+"""Most expired history entries one retention sweep deletes."""
 
 
 class Statements:
@@ -48,10 +59,12 @@ class Statements:
     ``until``, ``after``, ``names`` (expanding) and ``pairs`` (expanding ``(name,
     lease)`` tuples); ``CASE`` updates add ``k<i>`` and one value per column and row.
     PostgreSQL's batch writes take arrays instead (``names``, ``leases``, ``at``, ``specs``,
-    ``durations``), and upserts ``force``."""
+    ``durations``, ``outcomes``, ``keeps``, ``expires``), and upserts ``force``. Outcome
+    writes add ``outcome``; history writes ``name``, ``expires``, ``keep``."""
 
-    def __init__(self, table: Table, caps: Capabilities) -> None:
+    def __init__(self, table: Table, history: Table, caps: Capabilities) -> None:
         self.table = table
+        self.history_table = history
         self.caps = caps
         c = table.c
         group = bindparam("group", type_=key_type())
@@ -63,7 +76,7 @@ class Statements:
         pairs: BindParameter[Any] = bindparam("pairs", expanding=True)
         self._in_group = c.task_group == group
         self._names = c.name.in_(names)
-        row = (c.name, c.spec, c.scheduled_at, c.due_at, c.locked_by)
+        row = (c.name, c.spec, c.scheduled_at, c.due_at, c.locked_by, c.outcome)
         """What reads return; ``due_at`` is the lease expiry while ``locked_by`` is set."""
 
         # claim, PostgreSQL: lock the due rows, skipping other claimers', take them, and
@@ -149,6 +162,17 @@ class Statements:
 
         by_key = (self._in_group, c.name == key)
         held = (*by_key, c.locked_by == lease)
+        self.unlock_outcome: Update = (
+            update(table)
+            .where(*held)
+            .values(
+                locked_by=None,
+                due_at=c.scheduled_at,
+                outcome=bindparam("outcome", type_=text_type()),
+            )
+        )
+        """:attr:`unlock`, also storing ``outcome``."""
+        self._history_statements(group, key, now)
         self.get: Select[Any] = select(*row).where(*by_key)
         self.extend: Update = (
             update(table).where(*held).values(due_at=bindparam("until", type_=UtcMicros()))
@@ -213,20 +237,173 @@ class Statements:
                 )
             )
 
-    def commit_update(self, size: int) -> Update | ReturningUpdate[Any]:
-        """Move ``size`` held rows to their next run (``v<i>``) and unlock them."""
-        stmt = self._case_updates.get(("commit", size))
+    def commit_update(self, size: int, *, outcome: bool = False) -> Update | ReturningUpdate[Any]:
+        """Move ``size`` held rows to their next run (``v<i>``) and unlock them; with
+        ``outcome``, also store ``o<i>`` as the row's outcome where it is not ``None``."""
+        cache = ("commit+outcome" if outcome else "commit", size)
+        stmt = self._case_updates.get(cache)
         if stmt is None:
             next_at = self._per_row(size, "v", UtcMicros())
-            stmt = (
-                update(self.table)
-                .where(self._owned)
-                .values(scheduled_at=next_at, due_at=next_at, locked_by=None)
-            )
+            values: dict[str, Any] = {"scheduled_at": next_at, "due_at": next_at}
+            values["locked_by"] = None
+            if outcome:
+                c = self.table.c
+                values["outcome"] = func.coalesce(self._per_row(size, "o", text_type()), c.outcome)
+            stmt = update(self.table).where(self._owned).values(values)
             if self.caps.returning:
                 stmt = stmt.returning(self.table.c.name)
-            self._case_updates["commit", size] = stmt
+            self._case_updates[cache] = stmt
         return stmt
+
+    # -- outcomes and history -----------------------------------------------------
+
+    def _history_statements(
+        self, group: BindParameter[str], key: BindParameter[str], now: BindParameter[Any]
+    ) -> None:
+        h = self.history_table.c
+        self.history: Select[Any] = (
+            select(h.outcome)
+            .where(h.task_group == group, h.name == key)
+            .order_by(h.id.desc())
+            .limit(bindparam("limit", type_=Integer()))
+        )
+        """Newest first."""
+        self.history_insert: Insert = insert(self.history_table).values(
+            task_group=group,
+            name=bindparam("name", type_=key_type()),
+            expires_at=bindparam("expires", type_=UtcMicros()),
+            outcome=bindparam("outcome", type_=text_type()),
+        )
+        """One entry per parameter set (``executemany``)."""
+        # beyond ``keep``: the entries of the named rows ranked newest first
+        rank = func.row_number().over(partition_by=h.name, order_by=h.id.desc())
+        ranked = (
+            select(h.id, rank.label("rank"))
+            .where(
+                h.task_group == group,
+                h.name.in_(bindparam("names", type_=key_type(), expanding=True)),
+            )
+            .subquery("ranked")
+        )
+        beyond = ranked.c.rank > bindparam("keep", type_=Integer())
+        self.history_trim: Executable = self._delete_entries(ranked, beyond)
+        """Delete the entries of ``names`` beyond the newest ``keep`` of each."""
+        expired = h.expires_at <= now
+        if self.caps.delete_subquery:
+            oldest = select(h.id).where(expired).order_by(h.expires_at).limit(SWEEP_LIMIT)
+            if self.caps.row_locks:
+                oldest = oldest.with_for_update(skip_locked=self.caps.skip_locked)
+            self.history_sweep: Executable = self._delete_ids(oldest)
+        else:
+            self.history_sweep = (
+                delete(self.history_table)
+                .where(expired)
+                .with_dialect_options(mysql_limit=SWEEP_LIMIT)
+            )
+        """Delete up to :data:`SWEEP_LIMIT` expired entries of any row (the retention
+        sweep, which also reaches the history of deleted rows); on PostgreSQL passing
+        over entries another transaction holds."""
+        if self.caps.array_params:
+            self._array_history_statements(group)
+
+    def _delete_ids(self, ids: Select[Any]) -> Delete:
+        """Delete the history entries whose ``id`` ``ids`` selects: on PostgreSQL as
+        ``id = ANY(ARRAY(…))``, which looks each one up by key whatever the planner
+        thinks of the subquery."""
+        h = self.history_table.c
+        if self.caps.array_params:
+            return delete(self.history_table).where(h.id == any_(func.array(ids.scalar_subquery())))
+        return delete(self.history_table).where(h.id.in_(ids))
+
+    def _delete_entries(self, candidates: Any, doomed: ColumnElement[bool]) -> Executable:
+        """Delete the entries of ``candidates`` (a subquery with an ``id`` column) that
+        ``doomed`` selects."""
+        if self.caps.delete_subquery:
+            return self._delete_ids(select(candidates.c.id).where(doomed))
+        # MySQL: a multi-table DELETE, driven by the (materialised) candidates
+        h = self.history_table.c
+        return delete(self.history_table).where(h.id == candidates.c.id, doomed)
+
+    def _array_history_statements(self, group: BindParameter[str]) -> None:
+        """PostgreSQL: each history-carrying write is one statement, the guarded write
+        ``RETURNING`` the rows it changed with their ``outcomes``, ``keeps`` (the entries
+        to keep; ``NULL`` writes no history) and ``expires`` (microseconds), plus
+        data-modifying ``WITH`` parts that append those entries and trim the rows'
+        history to ``keep``. The parts see the history as it was before the statement,
+        so the entry being added is not counted there: ``keep - 1`` older ones stay."""
+        c = self.table.c
+        extra = (("outcomes", Text()), ("keeps", Integer()), ("expires", BigInteger()))
+
+        moved = _unnest(
+            "moved", ("names", String()), ("leases", String()), ("at", BigInteger()), *extra
+        )
+        move = (
+            update(self.table)
+            .where(self._in_group, c.name == moved.c.names, c.locked_by == moved.c.leases)
+            .values(
+                scheduled_at=moved.c.at,
+                due_at=moved.c.at,
+                locked_by=null(),
+                outcome=func.coalesce(moved.c.outcomes, c.outcome),
+            )
+        )
+        self.commit_moved_outcome: Executable = move.returning(c.name)
+        """:attr:`commit_moved`, also storing ``outcomes`` (``NULL`` keeps the stored one)."""
+        self.commit_moved_history: Executable = self._with_history(
+            group, move.returning(c.name, moved.c.outcomes, moved.c.keeps, moved.c.expires)
+        )
+
+        done = _unnest("done", ("names", String()), ("leases", String()), *extra)
+        self.commit_done_history: Executable = self._with_history(
+            group,
+            delete(self.table)
+            .where(self._in_group, c.name == done.c.names, c.locked_by == done.c.leases)
+            .returning(c.name, done.c.outcomes, done.c.keeps, done.c.expires),
+        )
+
+        unlocked = _unnest("unlocked", ("names", String()), ("leases", String()), *extra)
+        self.unlock_history: Executable = self._with_history(
+            group,
+            update(self.table)
+            .where(self._in_group, c.name == unlocked.c.names, c.locked_by == unlocked.c.leases)
+            .values(
+                locked_by=null(),
+                due_at=c.scheduled_at,
+                outcome=func.coalesce(unlocked.c.outcomes, c.outcome),
+            )
+            .returning(c.name, unlocked.c.outcomes, unlocked.c.keeps, unlocked.c.expires),
+        )
+
+    def _with_history(self, group: BindParameter[str], write: Any) -> Executable:
+        """``WITH written AS (<write>), added AS (INSERT …), trimmed AS (DELETE …)
+        SELECT name FROM written``."""
+        h = self.history_table.c
+        written: CTE = write.cte("written")
+        w = written.c
+        keeping = (w.keeps.is_not(None), w.outcomes.is_not(None))
+        added = (
+            insert(self.history_table)
+            .from_select(
+                ["task_group", "name", "expires_at", "outcome"],
+                select(group, w.name, w.expires, w.outcomes).where(*keeping),
+            )
+            .cte("added")
+        )
+        rank = func.row_number().over(partition_by=h.name, order_by=h.id.desc())
+        names = bindparam("names", type_=postgresql.ARRAY(String()))
+        ranked = (
+            select(h.id, h.name, rank.label("rank"))
+            .where(h.task_group == group, h.name == any_(names))
+            .subquery("ranked")
+        )
+        doomed = (
+            select(ranked.c.id)
+            .join_from(ranked, written, ranked.c.name == w.name)
+            .where(*keeping, ranked.c.rank >= w.keeps)
+        )
+        trimmed = self._delete_ids(doomed).cte("trimmed")
+        result: Executable = select(w.name).add_cte(added, trimmed)
+        return result
 
     def upsert_one(self) -> Executable:
         """The one-row :meth:`upsert` with ``RETURNING`` the name when it wrote the row

@@ -290,12 +290,22 @@ def _unescape_group(text: str) -> str:
 
 def decode_redis_row(value: bytes) -> tuple[int, int, int | None, str | None, str | None]:
     """A row as ``row.lua`` documents it: ``<scheduled_at>,<lease_duration>,
-    <locked_until>,<holder length>,<holder><spec>`` (times in microseconds; the spec is
-    ``n`` for none or ``s`` and its text). Raises ``ValueError`` on anything else."""
+    <locked_until>,<holder length>,<holder>[o<outcome length>,<outcome>]<spec>`` (times in
+    microseconds; lengths in bytes; the outcome is JSON text; the spec is ``n`` for none
+    or ``s`` and its text). Raises ``ValueError`` on anything else."""
     scheduled, duration, until, size, rest = value.split(b",", 4)
     end = int(size)
     holder, tail = rest[:end], rest[end:]
-    if len(holder) != end or tail[:1] not in (b"n", b"s") or (tail[:1] == b"n" and tail != b"n"):
+    if len(holder) != end:
+        raise ValueError(f"bad holder in {value[:80]!r}")
+    if tail[:1] == b"o":
+        length, _, after = tail[1:].partition(b",")
+        outcome = after[: int(length)]
+        if len(outcome) != int(length):
+            raise ValueError(f"short outcome in {value[:80]!r}")
+        json.loads(outcome)  # the core writes JSON: anything else is damage
+        tail = after[int(length) :]
+    if tail[:1] not in (b"n", b"s") or (tail[:1] == b"n" and tail != b"n"):
         raise ValueError(f"bad holder or spec in {value[:80]!r}")
     if bool(until) != bool(end):
         raise ValueError(f"half a lease in {value[:80]!r}")

@@ -130,7 +130,7 @@ def check_round(kind: str, options: dict[str, Any], result: StormResult) -> None
     if kind in ("sqlite", "postgres", "mysql"):
         table = sql_table(kind, options)
         tables, versions = asyncio.run(_sql_schema(kind, options))
-        assert tables == sorted([table, f"{table}_alembic_version"])
+        assert tables == sorted([table, f"{table}_alembic_version", f"{table}_history"])
         assert versions == [(_alembic_head(),)]
     elif kind == "dynamodb":
         assert _dynamodb_schema(options) == []

@@ -35,6 +35,7 @@ from pyncette.model import Lease, TaskFunc
 from pyncette.repository import (
     ClaimResult,
     Commit,
+    History,
     Registration,
     Repository,
     RepositoryFactory,
@@ -248,10 +249,18 @@ class LoggingRepository(RepositoryProxy):
             "extend", group, name, lease, call, until=to_epoch_us(locked_until)
         )
 
-    async def unlock(self, group: str, name: str, lease: Lease) -> bool:
-        return await self._guarded(
-            "unlock", group, name, lease, self.inner.unlock(group, name, lease)
-        )
+    async def unlock(
+        self,
+        group: str,
+        name: str,
+        lease: Lease,
+        *,
+        outcome: str | None = None,
+        history: History | None = None,
+        now: datetime.datetime | None = None,
+    ) -> bool:
+        call = self.inner.unlock(group, name, lease, outcome=outcome, history=history, now=now)
+        return await self._guarded("unlock", group, name, lease, call)
 
 
 def logging_factory(factory: RepositoryFactory, log: ExecLog) -> RepositoryFactory:

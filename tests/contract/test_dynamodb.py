@@ -29,12 +29,15 @@ from pyncette.dynamodb import (
     dynamodb_repository,
     table_definition,
 )
+from pyncette.dynamodb.adopt import adopt_pyncette1
 from pyncette.dynamodb.client import DUMMY_CREDENTIALS
+from pyncette.dynamodb.history import history_partition
 from pyncette.errors import BackendUnavailableError
 from pyncette.model import ContinuationToken, Lease
-from pyncette.repository import Commit
+from pyncette.repository import Commit, History
 from pyncette.retry import Backoff
-from support import LEASE, ROOT, T0, A, reg
+from pyncette.timeutil import to_epoch_us
+from support import LEASE, ROOT, T0, A, B, S, reg
 
 pytestmark = [pytest.mark.anyio, pytest.mark.service("dynamodb")]
 
@@ -454,3 +457,248 @@ async def test_stale_commit_after_forced_register_is_refused(endpoint: str, tabl
         assert await repo.commit("g", [], now=T0) == []
         assert await repo.commit("g", [Commit("a", Lease("lease-a"), None)], now=T0) == ["a"]
         assert await repo.get("g", "a") is not None
+
+
+# -- run outcomes and history --------------------------------------------------------------
+
+KEEP3 = History(keep=3, retention=datetime.timedelta(days=7))
+
+
+def history_items(endpoint: str, table: str, partition_id: str) -> list[dict[str, Any]]:
+    client = moto_client(endpoint)
+    try:
+        return list(
+            client.query(
+                TableName=table,
+                KeyConditionExpression="partition_id = :p",
+                ExpressionAttributeValues={":p": {"S": partition_id}},
+            )["Items"]
+        )
+    finally:
+        client.close()
+
+
+async def run_times(repo: DynamoDBRepository, name: str, runs: int, history: History) -> None:
+    """Register ``name`` in group ``g`` and run it ``runs`` times, outcome ``run <n>``."""
+    await repo.register("g", [reg(name, T0)], now=T0, force=False)
+    for n in range(runs):
+        now = T0 + n * S
+        assert [r.name for r in (await repo.claim("g", now=now, limit=1, lease=A)).records] == [
+            name
+        ]
+        assert (
+            await repo.commit("g", [Commit(name, A, now + S, f"run {n}", history)], now=now) == []
+        )
+
+
+async def test_history_items_are_laid_out_as_documented(endpoint: str, table: str) -> None:
+    async with open_repo(endpoint, table, dynamodb_partition_prefix="app") as repo:
+        await run_times(repo, "a", 1, KEEP3)
+        client = moto_client(endpoint)
+        try:
+            key = {"partition_id": {"S": "app:g"}, "task_id": {"S": "a"}}
+            row = client.get_item(TableName=table, Key=key)["Item"]
+        finally:
+            client.close()
+        assert row["outcome"] == {"S": "run 0"}
+        first = int(row["run"]["N"])
+        assert first == to_epoch_us(T0) + 1  # numbered from the first write's time
+        (entry,) = history_items(endpoint, table, 'app#history:["g","a"]')
+        assert entry == {
+            "partition_id": {"S": 'app#history:["g","a"]'},
+            "task_id": {"S": str(first % 3)},
+            "run": {"N": str(first)},
+            "outcome": {"S": "run 0"},
+            # the time to live: the write's time plus the retention, in epoch seconds
+            "expires_at": {"N": str(int((T0 + KEEP3.retention).timestamp()))},
+        }
+        assert "ready_at" not in entry and "scheduled_at" not in entry
+
+
+def test_a_history_partition_key_stays_within_dynamodbs_limit() -> None:
+    assert history_partition("p", "g:1", 'a"b') == 'p#history:["g:1","a\\"b"]'
+    long = history_partition("p", "g" * 1600, "ü" * 255)
+    assert long.startswith("p#history:sha256:") and len(long.encode()) < 100
+    assert long != history_partition("p", "g" * 1600, "ü" * 254 + "u")
+
+
+async def test_the_ring_holds_keep_items_per_row(endpoint: str, table: str) -> None:
+    async with open_repo(endpoint, table) as repo:
+        await run_times(repo, "a", 8, KEEP3)
+        items = history_items(endpoint, table, history_partition("pyncette", "g", "a"))
+        assert len(items) == 3
+        assert sorted(item["outcome"]["S"] for item in items) == ["run 5", "run 6", "run 7"]
+        assert await repo.history("g", "a", limit=10) == ["run 7", "run 6", "run 5"]
+        # fewer slots later: the newest still come first, older ones wait for their expiry
+        await run_times(repo, "a", 1, History(keep=2, retention=KEEP3.retention))
+        assert (await repo.history("g", "a", limit=10))[:2] == ["run 0", "run 7"]
+
+
+async def test_history_items_are_invisible_to_claims_lists_and_gets(
+    endpoint: str, table: str
+) -> None:
+    async with open_repo(endpoint, table) as repo:
+        await run_times(repo, "a", 4, KEEP3)
+        await repo.register("g", [reg("b", T0)], now=T0, force=False)
+        await repo.claim("g", now=T0, limit=1, lease=A)
+        assert await repo.commit("g", [Commit("b", A, None, "done", KEEP3)], now=T0) == []
+        assert await repo.history("g", "b", limit=5) == ["done"]
+        far = T0 + datetime.timedelta(days=1)
+        claimed = await repo.claim("g", now=far, limit=100, lease=B)
+        assert [r.name for r in claimed.records] == ["a"]
+        assert claimed.next_due_at is None
+        assert [r.name for r in (await repo.list("g", limit=100)).records] == ["a"]
+        assert await repo.get("g", "b") is None
+        # nor does any group's listing reach them, whatever the group's name
+        for group in ('#history:["g","a"]', 'pyncette#history:["g","a"]', ""):
+            assert (await repo.list(group, limit=100)).records == []
+            assert (await repo.claim(group, now=far, limit=100, lease=B)).records == []
+
+
+async def test_the_1x_adoption_leaves_history_items_alone(
+    endpoint: str, table: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with open_repo(endpoint, table, dynamodb_partition_prefix="one") as repo:
+        await run_times(repo, "a", 2, KEEP3)
+    with caplog.at_level(logging.WARNING, logger="pyncette.dynamodb"):
+        async with open_repo(endpoint, table, dynamodb_partition_prefix="two") as repo:
+            assert await repo.history("g", "a", limit=5) == []
+    assert not [r for r in caplog.records if "did not write" in r.getMessage()]
+    async with open_repo(endpoint, table, dynamodb_partition_prefix="one") as repo:
+        assert await adopt_pyncette1(repo, created=False) is None  # checked at start-up
+        assert await repo.history("g", "a", limit=5) == ["run 1", "run 0"]
+
+
+async def test_expired_entries_are_not_read(endpoint: str, table: str) -> None:
+    async with open_repo(endpoint, table) as repo:
+        short = History(keep=5, retention=datetime.timedelta(hours=1))
+        await run_times(repo, "a", 2, short)
+        expires = (T0 + short.retention).timestamp()
+        repo.wall_clock = lambda: expires - 1
+        assert await repo.history("g", "a", limit=5) == ["run 1", "run 0"]
+        repo.wall_clock = lambda: expires + 1  # TTL deletes late: reads skip them anyway
+        assert await repo.history("g", "a", limit=5) == []
+        record = await repo.get("g", "a")
+        assert record is not None and record.outcome == "run 1"
+
+
+async def test_rows_written_before_outcomes_read_as_none(endpoint: str, table: str) -> None:
+    async with open_repo(endpoint, table) as repo:
+        client = moto_client(endpoint)
+        try:
+            client.put_item(
+                TableName=table,
+                Item={
+                    "partition_id": {"S": "pyncette:g"},
+                    "task_id": {"S": "old"},
+                    "ready_at": {"S": "2030-01-01T00:00:00.000000Z#old"},
+                    "scheduled_at": {"S": "2030-01-01T00:00:00.000000Z"},
+                    "lease_duration": {"N": "60"},
+                    "version": {"N": "3"},
+                },
+            )
+        finally:
+            client.close()
+        record = await repo.get("g", "old")
+        assert record is not None and record.outcome is None
+        assert [r.outcome for r in (await repo.list("g", limit=5)).records] == [None]
+        assert await repo.history("g", "old", limit=5) == []
+        (claimed,) = (await repo.claim("g", now=T0, limit=1, lease=A)).records
+        assert claimed.outcome is None
+        assert await repo.commit("g", [Commit("old", A, T0 + S, "first", KEEP3)], now=T0) == []
+        assert await repo.history("g", "old", limit=5) == ["first"]
+
+
+async def test_registering_again_keeps_the_outcome_and_run_count(endpoint: str, table: str) -> None:
+    async with open_repo(endpoint, table) as repo:
+        await run_times(repo, "a", 2, KEEP3)
+        for force in (False, True):
+            assert await repo.register("g", [reg("a", T0)], now=T0 + S, force=force) == []
+            record = await repo.get("g", "a")
+            assert record is not None and record.outcome == "run 1"
+        await repo.claim("g", now=T0, limit=1, lease=B)
+        assert await repo.commit("g", [Commit("a", B, T0 + S, "run 2", KEEP3)], now=T0) == []
+        assert await repo.history("g", "a", limit=5) == ["run 2", "run 1", "run 0"]
+
+
+async def test_a_row_deleted_and_created_again_numbers_its_runs_above_the_old_ones(
+    endpoint: str, table: str
+) -> None:
+    async with open_repo(endpoint, table) as repo:
+        await run_times(repo, "a", 2, KEEP3)
+        await repo.claim("g", now=T0 + 2 * S, limit=1, lease=A)
+        assert await repo.commit("g", [Commit("a", A, None, "last", KEEP3)], now=T0 + 2 * S) == []
+        later = T0 + datetime.timedelta(hours=1)
+        await repo.register("g", [reg("a", later)], now=later, force=False)
+        await repo.claim("g", now=later, limit=1, lease=B)
+        assert await repo.unlock("g", "a", B, outcome="again", history=KEEP3, now=later)
+        assert await repo.history("g", "a", limit=5) == ["again", "last", "run 1"]
+
+
+async def test_history_writes_are_batched_after_the_commits(endpoint: str, table: str) -> None:
+    async with open_repo(endpoint, table) as repo:
+        names = [f"r{i:02d}" for i in range(30)]
+        await repo.register("g", [reg(name, T0) for name in names], now=T0, force=False)
+        await repo.claim("g", now=T0, limit=30, lease=A)
+        sent: list[str] = []
+
+        def note(model: Any, **kwargs: Any) -> None:
+            sent.append(model.name)
+
+        repo.client.meta.events.register("before-call.dynamodb", note)
+        commits = [Commit(name, A, T0 + S, f"o{name}", KEEP3) for name in names]
+        commits[-1] = Commit(names[-1], B, T0 + S, "refused", KEEP3)
+        assert await repo.commit("g", commits, now=T0) == [names[-1]]
+        assert sent[:30] == ["UpdateItem"] * 30
+        assert sent[30:] == ["BatchWriteItem"] * 2  # 29 entries: 25 + 4
+        for name in names[:-1]:
+            assert await repo.history("g", name, limit=5) == [f"o{name}"]
+        assert await repo.history("g", names[-1], limit=5) == []
+        # a commit without a history is its one request, as before
+        sent.clear()
+        await repo.claim("g", now=T0 + S, limit=1, lease=A)
+        await repo.commit("g", [Commit(names[0], A, T0 + 2 * S, "plain")], now=T0 + S)
+        assert sent == ["Query", "PutItem", "UpdateItem"]
+
+
+async def test_unprocessed_history_items_are_sent_again(endpoint: str, table: str) -> None:
+    async with open_repo(endpoint, table) as repo:
+        repo.caller.backoff = Backoff(initial=0.001)
+        await repo.register("g", [reg("a", T0), reg("b", T0)], now=T0, force=False)
+        await repo.claim("g", now=T0, limit=2, lease=A)
+        deferred: list[int] = []
+
+        def defer(
+            params: dict[str, Any], **kwargs: Any
+        ) -> tuple[AWSResponse, dict[str, Any]] | None:
+            if deferred:
+                return None
+            (requests,) = json.loads(params["body"])["RequestItems"].values()
+            deferred.append(len(requests))
+            response = AWSResponse("http://injected", 200, {}, None)  # type: ignore[arg-type]
+            return response, {"UnprocessedItems": {table: requests[1:]}}
+
+        repo.client.meta.events.register("before-call.dynamodb.BatchWriteItem", defer)  # type: ignore[arg-type]
+        commits = [Commit(name, A, T0 + S, f"o{name}", KEEP3) for name in ("a", "b")]
+        assert await repo.commit("g", commits, now=T0) == []
+        assert deferred == [2]
+        # the first item was "written" by the injected answer; the other was sent again
+        assert [await repo.history("g", name, limit=5) for name in ("a", "b")] in (
+            [[], ["ob"]],
+            [["oa"], []],
+        )
+
+
+async def test_history_that_cannot_be_written_is_logged_not_raised(
+    endpoint: str, table: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with open_repo(endpoint, table) as repo:
+        await repo.register("g", [reg("a", T0)], now=T0, force=False)
+        await repo.claim("g", now=T0, limit=1, lease=A)
+        injected = inject_errors(repo, "BatchWriteItem", "AccessDeniedException", times=100)
+        with caplog.at_level(logging.WARNING, logger="pyncette.dynamodb"):
+            assert await repo.commit("g", [Commit("a", A, T0 + S, "x", KEEP3)], now=T0) == []
+        assert len(injected) == 1
+        assert any("1 entries were not written" in r.getMessage() for r in caplog.records)
+        record = await repo.get("g", "a")
+        assert record is not None and record.outcome == "x" and record.locked_by is None

@@ -406,9 +406,11 @@ async def test_a_pyncette1_table_under_the_app_s_name_is_converted_at_start_up(
 
     await run_converted(sql.backend())
 
-    assert await on_sql(sql, tables) == sorted([TABLE, f"{TABLE}_alembic_version", BACKUP])
+    assert await on_sql(sql, tables) == sorted(
+        [TABLE, f"{TABLE}_alembic_version", f"{TABLE}_history", BACKUP]
+    )
     assert await on_sql(sql, lambda c: schema_diff(c, TABLE)) == []
-    assert await on_sql(sql, version(TABLE)) == [("0001",)]
+    assert await on_sql(sql, version(TABLE)) == [("0002",)]
     # the 1.x table is kept, as it was, under another name
     assert await on_sql(sql, dump(BACKUP)) == original
     # a task the app does not define is carried over to its group, and left there
@@ -525,7 +527,7 @@ async def test_a_conversion_interrupted_without_transactional_ddl_is_picked_up(
 
     await run_converted(sql.backend())
     assert await on_sql(sql, dump(BACKUP)) == original
-    assert await on_sql(sql, version(TABLE)) == [("0001",)]
+    assert await on_sql(sql, version(TABLE)) == [("0002",)]
 
 
 async def test_instances_starting_at_once_convert_the_table_once(sql: SqlTarget) -> None:
@@ -536,7 +538,9 @@ async def test_instances_starting_at_once_convert_the_table_once(sql: SqlTarget)
             assert await repo.get("hello", "alice") is not None
 
     await asyncio.gather(*(start() for _ in range(4)))
-    assert await on_sql(sql, tables) == sorted([TABLE, f"{TABLE}_alembic_version", BACKUP])
+    assert await on_sql(sql, tables) == sorted(
+        [TABLE, f"{TABLE}_alembic_version", f"{TABLE}_history", BACKUP]
+    )
     count = text(f"SELECT COUNT(*) FROM {TABLE}")
     assert await on_sql(sql, lambda c: c.execute(count).scalar()) == len(ADOPTED)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 import shutil
 import sqlite3
@@ -14,7 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, inspect, text
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import Connection, Engine, MetaData, event, inspect, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from backend_sql import (
@@ -29,9 +32,14 @@ from pyncette.errors import BackendUnavailableError
 from pyncette.model import Lease
 from pyncette.mysql import mysql_repository
 from pyncette.postgres import postgres_repository
-from pyncette.repository import Commit, Repository
+from pyncette.repository import Commit, History, Repository
+from pyncette.sql import repository as sql_repository
+from pyncette.sql import statements
 from pyncette.sql.engine import normalize_url
+from pyncette.sql.names import MAX_TABLE_NAME
+from pyncette.sql.schema import make_history_table
 from pyncette.sqlite import sqlite_repository
+from pyncette.timeutil import to_epoch_us
 from support import LEASE, ROOT, T0, A, S, alembic_cli, reg, schema_diff
 
 pytestmark = pytest.mark.anyio
@@ -93,8 +101,28 @@ def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Target]:
     yield from DIALECTS[request.param](tmp_path)
 
 
+HEAD = "0002"
+
+
 def _tables(conn: Connection) -> list[str]:
     return sorted(inspect(conn).get_table_names())
+
+
+def _own_tables(table: str) -> list[str]:
+    return sorted([table, f"{table}_alembic_version", f"{table}_history"])
+
+
+def _schema_diff(conn: Connection, table: str) -> list[Any]:
+    """The task table and its history table against their definitions."""
+    diff = schema_diff(conn, table)
+    metadata = MetaData()
+    make_history_table(metadata, table)
+    history = f"{table}_history"
+    context = MigrationContext.configure(
+        conn,
+        opts={"include_name": lambda name, kind, _parents: kind != "table" or name == history},
+    )
+    return [*diff, *compare_metadata(context, metadata)]
 
 
 async def _inspect(target: Target, fn: Callable[[Connection], Any]) -> Any:
@@ -123,8 +151,8 @@ async def test_command_line_upgrade_matches_the_table_definition(target: Target)
     await _execute(target, "INSERT INTO alembic_version VALUES ('app_revision')")
     done = alembic_cli("-x", f"url={target.url}", "-x", f"table={table}", "upgrade", "head")
     assert done.returncode == 0, done.stderr
-    assert await _inspect(target, lambda c: schema_diff(c, table)) == []
-    assert await _execute(target, f"SELECT version_num FROM {table}_alembic_version") == [("0001",)]
+    assert await _inspect(target, lambda c: _schema_diff(c, table)) == []
+    assert await _execute(target, f"SELECT version_num FROM {table}_alembic_version") == [(HEAD,)]
     assert await _execute(target, "SELECT version_num FROM alembic_version") == [("app_revision",)]
     # a table provisioned by hand is used as is
     skip = {} if target.name == "sqlite" else {f"{target.prefix}skip_table_create": True}
@@ -136,12 +164,12 @@ async def test_start_up_upgrade_matches_the_table_definition(target: Target) -> 
     table = unique_name()
     async with target.factory(**target.options(table)) as repo:
         assert await repo.list("g", limit=1) is not None
-    assert await _inspect(target, lambda c: schema_diff(c, table)) == []
-    assert await _inspect(target, _tables) == sorted([table, f"{table}_alembic_version"])
+    assert await _inspect(target, lambda c: _schema_diff(c, table)) == []
+    assert await _inspect(target, _tables) == _own_tables(table)
     # starting again finds the table at head and changes nothing
     async with target.factory(**target.options(table)):
         pass
-    assert await _execute(target, f"SELECT version_num FROM {table}_alembic_version") == [("0001",)]
+    assert await _execute(target, f"SELECT version_num FROM {table}_alembic_version") == [(HEAD,)]
 
 
 async def test_creating_the_table_logs_no_driver_warnings(
@@ -178,8 +206,8 @@ async def test_ten_instances_starting_at_once_create_the_table_once(target: Targ
             await repo.get("g", "x")
 
     await asyncio.gather(*(start() for _ in range(10)))
-    assert await _inspect(target, _tables) == sorted([table, f"{table}_alembic_version"])
-    assert await _execute(target, f"SELECT version_num FROM {table}_alembic_version") == [("0001",)]
+    assert await _inspect(target, _tables) == _own_tables(table)
+    assert await _execute(target, f"SELECT version_num FROM {table}_alembic_version") == [(HEAD,)]
 
 
 BAD_NAMES = ["", "1tasks", "tasks-x", "tasks x", 'x"; DROP TABLE y; --', "ünï", "t" * 48, 42]
@@ -361,8 +389,8 @@ async def test_concurrent_command_line_upgrades_in_separate_processes(target: Ta
     ]
     results = [await process.communicate() for process in processes]
     assert [p.returncode for p in processes] == [0] * 3, [err.decode() for _, err in results]
-    assert await _inspect(target, _tables) == sorted([table, f"{table}_alembic_version"])
-    assert await _execute(target, f"SELECT version_num FROM {table}_alembic_version") == [("0001",)]
+    assert await _inspect(target, _tables) == _own_tables(table)
+    assert await _execute(target, f"SELECT version_num FROM {table}_alembic_version") == [(HEAD,)]
 
 
 # -- batched writes under contention (one upsert per register chunk, optimistic commits)
@@ -464,3 +492,179 @@ async def test_a_short_claim_reports_the_next_due_time(target: Target) -> None:
 
 def _pool(target: Target, size: int) -> dict[str, Any]:
     return {} if target.name == "sqlite" else {f"{target.prefix}pool_size": size}
+
+
+# -- revision 0002: the outcome column and the history table
+
+
+def _columns(table: str) -> Callable[[Connection], list[str]]:
+    return lambda conn: sorted(c["name"] for c in inspect(conn).get_columns(table))
+
+
+def _text(value: str | bytes) -> str:
+    """A name as read with raw SQL (MySQL's are ``VARBINARY``)."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+async def _count(target: Target, table: str) -> int:
+    ((count,),) = await _execute(target, f"SELECT COUNT(*) FROM {table}")
+    return int(count)
+
+
+KEEP = History(keep=3, retention=datetime.timedelta(days=1))
+
+
+async def test_upgrading_from_0001_keeps_the_rows_and_downgrading_reverses_it(
+    target: Target,
+) -> None:
+    table = unique_name()
+    args = ["-x", f"url={target.url}", "-x", f"table={table}"]
+    done = alembic_cli(*args, "upgrade", "0001")
+    assert done.returncode == 0, done.stderr
+    before = await _inspect(target, _columns(table))
+    assert "outcome" not in before
+    await _execute(
+        target,
+        f"INSERT INTO {table} (task_group, name, spec, scheduled_at, due_at, "
+        "lease_duration_us, locked_by) VALUES ('g', 'kept', '{\"x\": 1}', 5, 5, 10, NULL)",
+    )
+    # start-up upgrades the table; the row is as it was, with no outcome yet
+    async with target.factory(**target.options(table)) as repo:
+        record = await repo.get("g", "kept")
+        assert record is not None and record.outcome is None
+        assert (record.spec, record.locked_by) == ('{"x": 1}', None)
+        claimed = await repo.claim("g", now=T0, limit=1, lease=A)
+        assert [r.name for r in claimed.records] == ["kept"]
+        assert await repo.commit("g", [Commit("kept", A, T0 + S, '{"ok":1}', KEEP)], now=T0) == []
+        assert await repo.history("g", "kept", limit=5) == ['{"ok":1}']
+    assert await _inspect(target, lambda c: _schema_diff(c, table)) == []
+    assert await _inspect(target, _tables) == _own_tables(table)
+    assert await _execute(target, f"SELECT version_num FROM {table}_alembic_version") == [(HEAD,)]
+
+    done = alembic_cli(*args, "downgrade", "0001")
+    assert done.returncode == 0, done.stderr
+    assert await _inspect(target, _columns(table)) == before
+    assert await _inspect(target, _tables) == sorted([table, f"{table}_alembic_version"])
+    rows = await _execute(target, f"SELECT name, scheduled_at, locked_by FROM {table}")
+    assert [(_text(name), at, lease) for name, at, lease in rows] == [
+        ("kept", to_epoch_us(T0 + S), None)
+    ]
+    # and up again
+    done = alembic_cli(*args, "upgrade", "head")
+    assert done.returncode == 0, done.stderr
+    assert await _inspect(target, lambda c: _schema_diff(c, table)) == []
+    assert await _count(target, f"{table}_history") == 0
+
+
+async def test_skip_table_create_on_a_table_at_0001_asks_for_the_upgrade(server: Target) -> None:
+    table = unique_name()
+    done = alembic_cli("-x", f"url={server.url}", "-x", f"table={table}", "upgrade", "0001")
+    assert done.returncode == 0, done.stderr
+    option = f"{server.prefix}skip_table_create"
+    with pytest.raises(ValueError, match="older revision") as raised:
+        async with server.factory(**server.options(table, **{option: True})):
+            pass
+    message = str(raised.value)
+    assert "\n" not in message and "no outcome column" in message and option in message
+    assert "alembic -x url='" in message and f"-x table={table} upgrade head" in message
+    assert "alembic.ini" in message
+    # nothing was changed
+    assert await _execute(server, f"SELECT version_num FROM {table}_alembic_version") == [("0001",)]
+    # once upgraded, the table is used as it is
+    done = alembic_cli("-x", f"url={server.url}", "-x", f"table={table}", "upgrade", "head")
+    assert done.returncode == 0, done.stderr
+    async with server.factory(**server.options(table, **{option: True})) as repo:
+        assert await repo.history("g", "a", limit=1) == []
+
+
+async def test_history_stays_bounded_by_keep_and_retention(
+    target: Target, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # small sweeps, to see them come back while they find a full batch
+    monkeypatch.setattr(statements, "SWEEP_LIMIT", 5)
+    monkeypatch.setattr(sql_repository, "SWEEP_LIMIT", 5)
+    table = unique_name()
+    history = f"{table}_history"
+    short = History(keep=3, retention=10 * S)
+    async with target.factory(**target.options(table)) as repo:
+        names = [f"task-{i}" for i in range(4)]
+        await repo.register("g", [reg(n, T0) for n in names], now=T0, force=False)
+        now = T0
+        for run in range(8):
+            now = T0 + run * S
+            claimed = await repo.claim("g", now=now, limit=10, lease=A)
+            assert len(claimed.records) == len(names)
+            commits = [Commit(n, A, now + S, f'{{"run":{run}}}', KEEP) for n in names]
+            assert await repo.commit("g", commits, now=now) == []
+            # trimmed in the same transaction: never more than ``keep`` per row
+            assert await _count(target, history) <= len(names) * KEEP.keep
+        assert await repo.history("g", "task-0", limit=10) == [
+            '{"run":7}',
+            '{"run":6}',
+            '{"run":5}',
+        ]
+        # a held row's unlock trims too
+        await repo.claim("g", now=now + S, limit=1, lease=A)
+        rows = (await repo.list("g", limit=10)).records
+        held = next(r.name for r in rows if r.locked_by == A)
+        assert await repo.unlock("g", held, A, outcome='{"u":1}', history=KEEP, now=now + S)
+        assert (await repo.history("g", held, limit=10))[0] == '{"u":1}'
+        assert await _count(target, history) == len(names) * KEEP.keep
+
+        # twelve one-off rows, deleted by their commits: their history outlives them
+        once = [f"once-{i:02d}" for i in range(12)]
+        later = now + 2 * S
+        await repo.register("one-offs", [reg(n, later) for n in once], now=later, force=False)
+        await repo.claim("one-offs", now=later, limit=20, lease=A)
+        commits = [Commit(n, A, None, '{"done":true}', short) for n in once]
+        assert await repo.commit("one-offs", commits, now=later) == []
+        assert await repo.history("one-offs", "once-00", limit=5) == ['{"done":true}']
+        assert await _count(target, history) == len(names) * KEEP.keep + len(once)
+
+        # past their retention (and the sweep interval), each history write sweeps up to
+        # SWEEP_LIMIT of them, again at the next write while it finds a full batch
+        swept = later + sql_repository.SWEEP_INTERVAL + 20 * S
+        await repo.register("ticks", [reg("tick", swept)], now=swept, force=False)
+        for step in range(3):
+            at = swept + step * S
+            await repo.claim("ticks", now=at, limit=1, lease=A)
+            tick = Commit("tick", A, at + S, "{}", KEEP)
+            assert await repo.commit("ticks", [tick], now=at) == []
+        assert await repo.history("one-offs", "once-00", limit=5) == []
+        assert await _count(target, history) == len(names) * KEEP.keep + 3
+
+
+async def test_longest_table_name_fits_every_derived_name(target: Target) -> None:
+    table = "t" * MAX_TABLE_NAME
+    async with target.factory(**target.options(table)) as repo:
+        await repo.register("g", [reg("a", T0)], now=T0, force=False)
+        await repo.claim("g", now=T0, limit=1, lease=A)
+        assert await repo.commit("g", [Commit("a", A, T0 + S, "{}", KEEP)], now=T0) == []
+        assert await repo.history("g", "a", limit=1) == ["{}"]
+    assert await _inspect(target, _tables) == _own_tables(table)
+    assert await _inspect(target, lambda c: _schema_diff(c, table)) == []
+
+
+async def test_writes_without_outcomes_run_the_same_statements_as_before(
+    target: Target,
+) -> None:
+    """A commit or unlock without an outcome must not pay for the feature: no statement
+    mentions the outcome column or the history table."""
+    seen: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        seen.append(statement)
+
+    async with target.factory(**target.options(unique_name())) as repo:
+        names = [f"task-{i}" for i in range(3)]
+        await repo.register("g", [reg(n, T0) for n in names], now=T0, force=False)
+        await repo.claim("g", now=T0, limit=3, lease=A)
+        event.listen(Engine, "before_cursor_execute", record)
+        try:
+            commits = [Commit("task-0", A, T0 + S), Commit("task-1", A, None)]
+            assert await repo.commit("g", commits, now=T0) == []
+            assert await repo.unlock("g", "task-2", A)
+        finally:
+            event.remove(Engine, "before_cursor_execute", record)
+    assert seen
+    assert not [s for s in seen if "outcome" in s or "_history" in s]

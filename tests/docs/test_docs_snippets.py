@@ -141,7 +141,9 @@ async def test_the_provisioning_howto_works_as_written(tmp_path: Path) -> None:
     assert f"table={table} " in command and f'"{table}"' in code
     conn = await asyncpg.connect("postgresql://postgres@127.0.0.1/pyncette")
     try:
-        await conn.execute(f"DROP TABLE IF EXISTS {table}, {table}_alembic_version")
+        await conn.execute(
+            f"DROP TABLE IF EXISTS {table}, {table}_alembic_version, {table}_history"
+        )
     finally:
         await conn.close()
     namespace: dict[str, Any] = {"__name__": "docs_snippet"}

@@ -33,10 +33,11 @@ from click.testing import CliRunner, Result
 from backend_dynamodb import REGION, delete_table, isolate_aws_env, moto_client, unique_table
 from backend_redis import delete_namespace, free_port, unique_namespace
 from backend_sql import postgres_url, unique_name
-from pyncette import Pyncette, PyncetteContext
+from pyncette import Pyncette, PyncetteContext, outcome
 from pyncette.cli import cli
 from pyncette.cli.loading import load_app
 from pyncette.model import Lease
+from pyncette.repository import Commit
 from pyncette.task import Task
 from support import ROOT
 
@@ -421,6 +422,34 @@ def test_tasks_show(sqlite_env: dict[str, str]) -> None:
     assert "'hourly' is a static task: it has no instances" in static_instance.stderr
 
 
+def test_tasks_show_prints_the_last_run(sqlite_env: dict[str, str]) -> None:
+    lock_instance("due")
+    started = datetime.datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
+    ended = outcome.encode(
+        outcome.RunStatus.FAILED,
+        scheduled_at=started,
+        started_at=started,
+        duration=datetime.timedelta(seconds=1.5),
+        attempt=2,
+        instance="web-1:7",
+        error="ValueError: no",
+    )
+
+    async def commit(ctx: PyncetteContext, app: Pyncette) -> None:
+        done = Commit("due", Lease("held-by-test"), LATER, ended)
+        assert await ctx.repository.commit("reminder", [done], now=ctx.clock.now()) == []
+
+    with_app(commit)
+    shown = json.loads(invoke("tasks", "show", BACKEND_APP, "reminder", "due", "--json").stdout)
+    assert shown["last_status"] == "failed" and shown["last_error"] == "ValueError: no"
+    assert shown["last_run_at"] == started.isoformat()
+    assert shown["last_duration"] == 1.5 and shown["last_attempt"] == 2
+    table = invoke("tasks", "show", BACKEND_APP, "reminder", "due").stdout.splitlines()
+    assert any(line.split()[:2] == ["last_duration", "0:00:01.500000"] for line in table)
+    never = json.loads(invoke("tasks", "show", BACKEND_APP, "hourly", "--json").stdout)
+    assert never["last_status"] is None and never["last_run_at"] is None
+
+
 def test_tasks_unschedule(sqlite_env: dict[str, str]) -> None:
     add_instances()
     result = invoke("tasks", "unschedule", BACKEND_APP, "shard", "s2")
@@ -563,13 +592,14 @@ def test_db_commands_on_a_sqlite_url(tmp_path: Path) -> None:
     upgraded = invoke("db", "upgrade", *target)
     assert upgraded.exit_code == 0, upgraded.output
     assert "Running upgrade  -> 0001" in upgraded.stderr
-    assert {"jobs", "jobs_alembic_version"} <= sqlite_tables(path)
+    assert "Running upgrade 0001 -> 0002" in upgraded.stderr
+    assert {"jobs", "jobs_alembic_version", "jobs_history"} <= sqlite_tables(path)
 
     current = invoke("db", "current", *target)
-    assert current.exit_code == 0 and current.stdout.strip() == "0001 (head)"
+    assert current.exit_code == 0 and current.stdout.strip() == "0002 (head)"
     history = invoke("db", "history", *target)
-    assert history.exit_code == 0 and "0001 (head) (current)" in history.stdout
-    assert "-> 0001 (head)," in invoke("db", "history").stdout  # no database needed
+    assert history.exit_code == 0 and "0002 (head) (current)" in history.stdout
+    assert "0001 -> 0002 (head)," in invoke("db", "history").stdout  # no database needed
 
     downgraded = invoke("db", "downgrade", *target, "--revision", "base")
     assert downgraded.exit_code == 0, downgraded.output
@@ -582,7 +612,7 @@ def test_db_commands_take_the_database_from_the_app(sqlite_env: dict[str, str]) 
     result = invoke("db", "upgrade", BACKEND_APP)
     assert result.exit_code == 0, result.output
     assert {"cli_tasks", "cli_tasks_alembic_version"} <= sqlite_tables(path)
-    assert invoke("db", "current", BACKEND_APP).stdout.strip() == "0001 (head)"
+    assert invoke("db", "current", BACKEND_APP).stdout.strip() == "0002 (head)"
     # the app starts on the table the command made
     assert stored("hourly") is not None
 
@@ -598,7 +628,7 @@ def test_db_sql_prints_the_ddl_without_a_database() -> None:
 
     mysql = invoke("db", "sql", "--url", "mysql://", "--table", "jobs")
     assert "CREATE TABLE `jobs` (" in mysql.stdout and "COLLATE utf8mb4_bin" in mysql.stdout
-    nothing = invoke("db", "sql", "--url", "postgresql://", "--table", "jobs", "--from", "0001")
+    nothing = invoke("db", "sql", "--url", "postgresql://", "--table", "jobs", "--from", "0002")
     assert nothing.exit_code == 0 and "CREATE TABLE" not in nothing.stdout
 
 
@@ -643,16 +673,17 @@ def test_db_commands_on_postgres_as_subprocesses(postgres_env: dict[str, str]) -
     upgraded = pyncette_process("db", "upgrade", BACKEND_MODULE, env=postgres_env)
     assert upgraded.returncode == 0, upgraded.stderr
     current = pyncette_process("db", "current", BACKEND_MODULE, env=postgres_env)
-    assert current.stdout.strip() == "0001 (head)"
+    assert current.stdout.strip() == "0002 (head)"
 
     by_url = {"PYNCETTE_DB_URL": postgres_env["PYNCETTE_CLI_POSTGRES_URL"]}
     same = pyncette_process("db", "current", "--table", table, env=by_url)
-    assert same.returncode == 0 and same.stdout.strip() == "0001 (head)"
+    assert same.returncode == 0 and same.stdout.strip() == "0002 (head)"
     other = pyncette_process("db", "current", "--table", unique_name(), env=by_url)
     assert other.returncode == 0 and other.stdout.strip() == ""
 
     down = pyncette_process("db", "downgrade", "--table", table, "-r", "base", env=by_url)
     assert down.returncode == 0, down.stderr
+    assert "Running downgrade 0002 -> 0001" in down.stderr
     assert "Running downgrade 0001 -> " in down.stderr
     assert pyncette_process("db", "current", BACKEND_MODULE, env=postgres_env).stdout == ""
 

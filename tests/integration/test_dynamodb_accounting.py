@@ -5,6 +5,7 @@ real repository against the session's moto server."""
 from __future__ import annotations
 
 import datetime
+import math
 from collections.abc import Iterator
 
 import pytest
@@ -23,7 +24,7 @@ from benchmarks.dynamodb_accounting import (
 )
 from pyncette.dynamodb import DynamoDBRepository, dynamodb_repository
 from pyncette.model import Lease
-from pyncette.repository import Commit
+from pyncette.repository import Commit, History
 from support import T0, A, B, reg
 
 
@@ -137,3 +138,49 @@ async def test_a_recorded_claim_and_commit_on_moto(dynamodb_server: str, table: 
     transaction = project(recorder.requests, TRANSACTION)
     assert transaction.requests == 1 + 1 + 1 + 2  # the commit's refusal cancels one attempt
     assert transaction.write_units == 2 * 30 * 3 + 3 + 30 + 2 * 29 * 2
+
+
+@pytest.mark.anyio
+@pytest.mark.service("dynamodb")
+async def test_run_history_costs_one_request_per_25_executions(
+    dynamodb_server: str, table: str
+) -> None:
+    """The same drain with and without a run history: the history adds one
+    ``BatchWriteItem`` per 25 executions committed together and nothing else."""
+    recorder = Recorder()
+    kept = History(keep=10, retention=datetime.timedelta(days=7))
+    async with dynamodb_repository(
+        dynamodb_endpoint=dynamodb_server, dynamodb_region_name=REGION, dynamodb_table_name=table
+    ) as inner:
+        assert isinstance(inner, DynamoDBRepository)
+        recorder.attach(inner.client)
+        repository = TracedRepository(inner)
+        names = [f"r{i:02d}" for i in range(50)]
+        now = T0 + datetime.timedelta(seconds=1)
+        sent: dict[History | None, list[tuple[str, str]]] = {}
+        for group, history in (("plain", None), ("kept", kept)):
+            await repository.register(group, [reg(n, T0) for n in names], now=T0, force=False)
+            recorder.clear()
+            assert len((await repository.claim(group, now=now, limit=50, lease=A)).records) == 50
+            commits = [
+                # one-off and recurring alike: a deleted row's run is counted too
+                Commit(
+                    name,
+                    A,
+                    None if i % 2 else now + datetime.timedelta(minutes=1),
+                    '{"s":"succeeded"}',
+                    history,
+                )
+                for i, name in enumerate(names)
+            ]
+            assert await repository.commit(group, commits, now=now) == []
+            sent[history] = [(r.operation, r.api) for r in recorder.requests]
+            assert all(r.ok for r in recorder.requests)
+            assert executions(recorder.requests) == 50
+        assert await repository.history("kept", names[0], limit=5) == ['{"s":"succeeded"}']
+
+    extra = [request for request in sent[kept] if request not in sent[None]]
+    assert extra == [("commit", "BatchWriteItem")] * 2
+    assert len(extra) <= math.ceil(50 / 25)
+    assert sorted(set(sent[kept]) - set(extra)) == sorted(set(sent[None]))
+    assert len(sent[kept]) - len(extra) == len(sent[None]) == 1 + 50 + 50

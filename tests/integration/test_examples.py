@@ -30,6 +30,7 @@ EXAMPLES = ROOT / "examples"
         ("instant_wakeups.py", "instant wake-ups not available: polling"),
         ("retries.py", "synced invoices on attempt"),
         ("controlling_runs.py", "resumed, next run at"),
+        ("run_history.py", "status page done"),
         ("opentelemetry_tracing.py", "span 'pyncette report' UNSET pyncette.task.name='report'"),
     ],
 )
