@@ -21,6 +21,9 @@ Requests per batch, by backend (counted below as ``requests``):
   no server;
 * Redis (redis-py): ``EVALSHA`` of pyncette's own ``claim.lua`` and ``commit.lua``
   (read from ``pyncette/redis/``, with ``row.lua`` prepended as pyncette does) -- 2;
+  on Redis Cluster the same through redis-py's ``RedisCluster`` client, which loads the
+  scripts on every master and sends each ``EVALSHA`` to the master holding the group's
+  hash tag -- 2;
 * DynamoDB (boto3, 16 threads, as pyncette's thread pool): one ``Query`` of the
   ``ready_at`` index, one conditional ``PutItem`` per row (the claim) and one conditional
   ``DeleteItem`` per row (the commit) -- 1 + 2 per row, the requests pyncette's DynamoDB
@@ -240,9 +243,15 @@ def lua_source(name: str) -> str:
 
 async def redis(config: dict[str, Any]) -> dict[str, Any]:
     import redis.asyncio
+    import redis.asyncio.cluster
 
     options = config["options"]
-    client = redis.asyncio.Redis.from_url(options["redis_url"])
+    client: Any
+    if config["backend"] == "redis_cluster":
+        client = redis.asyncio.cluster.RedisCluster.from_url(options["redis_url"])
+        await client.initialize()
+    else:
+        client = redis.asyncio.Redis.from_url(options["redis_url"])
     group = config.get("group", "bench_drain")
     base = f"pyncette:{{{options['redis_namespace']}:{group}}}:"
     rows, due, names_key = base + "rows", base + "due", base + "names"
@@ -365,7 +374,7 @@ def main() -> None:
         result = asyncio.run(postgres(config))
     elif backend == "mysql":
         result = asyncio.run(mysql(config))
-    elif backend == "redis":
+    elif backend in ("redis", "redis_cluster"):
         result = asyncio.run(redis(config))
     elif backend == "sqlite":
         result = sqlite(config)

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from benchmarks.services import AWS_ENV, BACKENDS, SHARED, Services
+from benchmarks.services import AWS_ENV, BACKENDS, CHOICES, NO_PYNCETTE11, SHARED, Services
 
 HERE = Path(__file__).resolve().parent
 WORKER = HERE / "worker.py"
@@ -81,6 +81,18 @@ def run_worker(
 ) -> dict[str, Any]:
     process, path = start_worker(python, config, script)
     return finish_worker(process, path, timeout)
+
+
+def compare_impossible(args: argparse.Namespace, backend: str) -> bool:
+    """``--compare`` on a backend Pyncette 1.1.0 cannot use: say so, and skip it."""
+    if args.compare and backend in NO_PYNCETTE11:
+        print(
+            f"\n({args.scenario} --compare skipped for {backend}: Pyncette 1.1.0 has no "
+            "Redis Cluster support; run without --compare to measure this project alone)",
+            flush=True,
+        )
+        return True
+    return False
 
 
 def flavour_of(python: str) -> str:
@@ -189,6 +201,8 @@ def check_correct(report: Report, what: str, python: str, result: dict[str, Any]
 
 def scenario_drain(services: Services, args: argparse.Namespace, report: Report) -> None:
     for backend in args.backends:
+        if compare_impossible(args, backend):
+            continue
         print(f"\n### drain — {backend}, n={args.n}, batch_size={args.batch_size}\n")
         print(
             "| run | package | executions/s | calls/exec | round trips/exec | empty claims |"
@@ -246,7 +260,7 @@ def print_profile_top(entries: list[dict[str, Any]], count: int = 8) -> None:
         print(f"- {entry['share'] * 100:.1f}% {entry['where']}")
 
 
-CEILINGS = ("sqlite", "postgres", "mysql", "redis", "dynamodb")
+CEILINGS = ("sqlite", "postgres", "mysql", "redis", "redis_cluster", "dynamodb")
 """Backends with a plain-driver ceiling (benchmarks/ceiling.py)."""
 
 
@@ -308,6 +322,8 @@ def summarize(values: dict[str, list[float]], unit: str) -> None:
 
 def scenario_steady(services: Services, args: argparse.Namespace, report: Report) -> None:
     for backend in args.backends:
+        if compare_impossible(args, backend):
+            continue
         print(
             f"\n### steady — {backend}, {args.n} instances every {args.interval:g} s "
             f"for {args.duration:g} s, poll {args.poll_interval:g} s\n"
@@ -349,6 +365,8 @@ def scenario_steady(services: Services, args: argparse.Namespace, report: Report
 
 def scenario_register(services: Services, args: argparse.Namespace, report: Report) -> None:
     for backend in args.backends:
+        if compare_impossible(args, backend):
+            continue
         print(f"\n### register — {backend}, n={args.n} per method\n")
         print("| run | package | sequential /s | gathered (100) /s | bulk /s |")
         print("|---|---|---:|---:|---:|")
@@ -534,7 +552,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--backend",
         default="memory",
-        help=f"comma-separated, or 'all': {', '.join(BACKENDS)} (default memory)",
+        help=(
+            f"comma-separated: {', '.join(CHOICES)}; or 'all': {', '.join(BACKENDS)} "
+            "(default memory)"
+        ),
     )
     parser.add_argument("-n", type=int, help="instances (default depends on the scenario)")
     parser.add_argument("--compare", action="store_true", help="alternate with Pyncette 1.1.0")
@@ -586,9 +607,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     args.backends = (
         list(BACKENDS) if args.backend == "all" else [b for b in args.backend.split(",") if b]
     )
-    unknown = [b for b in args.backends if b not in BACKENDS]
+    unknown = [b for b in args.backends if b not in CHOICES]
     if unknown:
-        parser.error(f"unknown backend(s) {unknown}; choose from {', '.join(BACKENDS)}")
+        parser.error(f"unknown backend(s) {unknown}; choose from {', '.join(CHOICES)}")
     if args.processes is None:
         args.processes = "1,2,4,8" if args.scenario == "contention" else "1,2,4"
     args.processes = [int(p) for p in args.processes.split(",")]

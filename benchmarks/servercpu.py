@@ -13,6 +13,9 @@ server and enabling it needs a restart, so CPU is read from ``/proc`` instead:
 * Redis: the sum of ``usec`` over ``INFO commandstats`` (time inside commands) and the
   ``redis-server`` process's user + system time (with its event loop and I/O); both are
   server-wide, so other clients of the shared server add to them;
+* Redis Cluster: the same two figures summed over the cluster's masters (``CLUSTER
+  NODES`` asked of the node in ``redis_url``); the cluster is the harness's own, so only
+  this run's requests count (plus the nodes' cluster-bus gossip);
 * DynamoDB: the ``moto_server`` process this harness started (only our requests);
 * SQLite and memory: no server (the work is in the benchmark process itself).
 """
@@ -54,6 +57,38 @@ def sum_deltas(before: dict[str, float], after: dict[str, float]) -> float:
     return sum(value - before.get(key, 0.0) for key, value in after.items())
 
 
+async def redis_counters(url: str) -> tuple[float, int]:
+    """Microseconds spent inside commands so far (``INFO commandstats``) and the pid of
+    the ``redis-server`` at ``url``."""
+    import redis.asyncio
+
+    client = redis.asyncio.Redis.from_url(url)
+    try:
+        stats = await client.info("commandstats")
+        server = await client.info("server")
+    finally:
+        await client.aclose()
+    return float(sum(entry["usec"] for entry in stats.values())), int(server["process_id"])
+
+
+async def cluster_masters(url: str) -> list[str]:
+    """The URLs of the masters of the cluster that the node at ``url`` belongs to."""
+    import redis.asyncio
+
+    client: Any = redis.asyncio.Redis.from_url(url)
+    try:
+        text = (await client.execute_command("CLUSTER", "NODES")).decode()
+    finally:
+        await client.aclose()
+    masters = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) > 2 and "master" in fields[2].split(","):
+            address = fields[1].split("@")[0]  # host:port@bus-port[,hostname]
+            masters.append(f"redis://{address}")
+    return masters
+
+
 async def sample(backend: str, options: dict[str, Any], server_pid: int | None) -> dict[str, Any]:
     """Counters to subtract: ``{"procs": {pid: seconds}, "commands_us": float}``."""
     procs: dict[str, float] = {}
@@ -91,16 +126,16 @@ async def sample(backend: str, options: dict[str, Any], server_pid: int | None) 
         finally:
             connection.close()
     elif backend == "redis":
-        import redis.asyncio
-
-        client = redis.asyncio.Redis.from_url(options["redis_url"])
-        try:
-            stats = await client.info("commandstats")
-            server = await client.info("server")
-        finally:
-            await client.aclose()
-        result["commands_us"] = float(sum(entry["usec"] for entry in stats.values()))
-        pids = [int(server["process_id"])]
+        commands_us, pid = await redis_counters(options["redis_url"])
+        result["commands_us"] = commands_us
+        pids = [pid]
+    elif backend == "redis_cluster":
+        commands_us = 0.0
+        for url in await cluster_masters(options["redis_url"]):
+            node_us, pid = await redis_counters(url)
+            commands_us += node_us
+            pids.append(pid)
+        result["commands_us"] = commands_us
     elif backend == "dynamodb" and server_pid is not None:
         pids = [server_pid]
     for pid in pids:

@@ -2,7 +2,8 @@
 
 Every run gets its own database (PostgreSQL, MariaDB), key namespace (Redis), table
 (DynamoDB on a moto server started here) or file (SQLite), because other people share
-these servers.
+these servers. Redis Cluster runs get a namespace on a private three-master cluster that
+is started here on first use and stopped when the command ends.
 """
 
 from __future__ import annotations
@@ -22,9 +23,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from benchmarks.redis_servers import RedisClusterServers, private_cluster, redis_tools_available
+
 BACKENDS = ("memory", "sqlite", "postgres", "mysql", "redis", "dynamodb")
-SHARED = ("sqlite", "postgres", "mysql", "redis", "dynamodb")
+"""What ``--backend all`` means."""
+CHOICES = (*BACKENDS, "redis_cluster")
+"""Every backend ``--backend`` accepts; ``redis_cluster`` only when named."""
+SHARED = ("sqlite", "postgres", "mysql", "redis", "redis_cluster", "dynamodb")
 """Backends whose store several processes can share (scale-out)."""
+NO_PYNCETTE11 = ("redis_cluster",)
+"""Backends Pyncette 1.1.0 cannot use (it has no Redis Cluster client): no ``--compare``."""
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 MYSQL = {"host": "127.0.0.1", "port": 3306, "user": "root", "password": ""}
@@ -94,15 +102,34 @@ class Moto:
 
 
 class Services:
-    """Hands out fresh stores; owns the moto server if one was needed."""
+    """Hands out fresh stores; owns the moto server and the Redis Cluster if one was
+    needed."""
 
     def __init__(self) -> None:
         self._moto: Moto | None = None
+        self._cluster: RedisClusterServers | None = None
+        self._stack = contextlib.ExitStack()
 
     def close(self) -> None:
         if self._moto is not None:
             self._moto.close()
             self._moto = None
+        self._cluster = None
+        self._stack.close()
+
+    def cluster(self) -> RedisClusterServers:
+        """The private three-master cluster (no replicas), started on first use."""
+        if self._cluster is None:
+            if not redis_tools_available():
+                raise RuntimeError("redis_cluster needs redis-server and redis-cli on PATH")
+            self._cluster = self._stack.enter_context(private_cluster(masters=3))
+            ports = ", ".join(str(node.port) for node in self._cluster.nodes)
+            print(
+                f"(redis_cluster: a private Redis Cluster of 3 masters, no replicas, on "
+                f"127.0.0.1 ports {ports}; stopped when this command ends)",
+                flush=True,
+            )
+        return self._cluster
 
     def moto(self) -> Moto:
         if self._moto is None:
@@ -160,6 +187,15 @@ class Services:
                 yield {"redis_url": REDIS_URL, "redis_namespace": namespace}
             finally:
                 asyncio.run(_redis_cleanup(namespace))
+        elif backend == "redis_cluster":
+            cluster = self.cluster()
+            namespace = unique_name()
+            try:
+                # the cluster client is picked by asking the node, as by default in apps
+                yield {"redis_url": cluster.url, "redis_namespace": namespace}
+            finally:
+                for node in cluster.nodes:
+                    asyncio.run(_redis_cleanup(namespace, node.url))
         elif backend == "dynamodb":
             moto = self.moto()
             table = unique_name()
@@ -198,21 +234,31 @@ async def _mysql(statements: list[str]) -> None:
         connection.close()
 
 
-async def _redis_cleanup(namespace: str) -> None:
+async def _redis_cleanup(namespace: str, url: str = REDIS_URL) -> None:
+    """Delete ``namespace``'s keys from the server at ``url`` (one cluster node at a time:
+    a node refuses a multi-key command over several slots, so keys go one per command,
+    in pipelines)."""
     import redis.asyncio
 
-    client = redis.asyncio.Redis.from_url(REDIS_URL)
+    client = redis.asyncio.Redis.from_url(url)
     try:
         batch: list[bytes] = []
         async for key in client.scan_iter(match=f"*{namespace}*", count=1000):
             batch.append(key)
             if len(batch) >= 1000:
-                await client.delete(*batch)
+                await _unlink(client, batch)
                 batch = []
         if batch:
-            await client.delete(*batch)
+            await _unlink(client, batch)
     finally:
         await client.aclose()
+
+
+async def _unlink(client: Any, keys: list[bytes]) -> None:
+    async with client.pipeline(transaction=False) as pipe:
+        for key in keys:
+            pipe.unlink(key)
+        await pipe.execute()
 
 
 def _dynamodb_drop(endpoint: str, table: str) -> None:

@@ -690,14 +690,16 @@ class Worker:
             return
         finished_at = self._clock.now()
         next_at = task.next_run(row.scheduled_at, finished_at, claimed_at=claimed_at)
-        ended = self._outcome(
-            RunStatus.SUCCEEDED if failure is None else RunStatus.FAILED,
-            row,
-            started_at,
-            finished_at,
-            attempt=attempt,
-            error=failure,
-        )
+        ended = None
+        if next_at is not None or self._history is not None:  # else it would go unread
+            ended = self._outcome(
+                RunStatus.SUCCEEDED if failure is None else RunStatus.FAILED,
+                row,
+                started_at,
+                finished_at,
+                attempt=attempt,
+                error=failure,
+            )
         self._commits.submit(row.group, Commit(row.name, lease, next_at, ended, self._history))
 
     async def _hold_for_retry(

@@ -1,5 +1,5 @@
-"""DynamoDB backend: moto's DynamoDB server over real HTTP on a loopback port, started
-once per session and stopped at its end.
+"""DynamoDB backend: moto's DynamoDB server over real HTTP on a loopback port, in a
+process of its own started once per session and stopped at its end.
 
 moto's request threads check a write's condition and apply the write in separate steps,
 so two racing conditional writes to one item can both succeed, which DynamoDB never
@@ -143,13 +143,18 @@ def delete_table(endpoint: str, table: str) -> None:
 
 @pytest.fixture(scope="session")
 def dynamodb_server() -> Iterator[str]:
-    """The endpoint URL of the session's moto server."""
-    server = MotoServer()
+    """The endpoint URL of the session's moto server, run in a process of its own
+    (``python -m chaos.moto``) so that moto's work uses the machine's other core
+    instead of taking turns with the tests for this process's interpreter."""
+    from chaos.stores import AWS_ENV as DUMMY_AWS_ENV
+    from chaos.stores import MotoServer as MotoProcess
+    from chaos.stores import child_env
+
     try:
-        server.start()
+        server = MotoProcess(child_env(**DUMMY_AWS_ENV))
     except Exception as exc:  # moto missing or the server would not start
-        server.stop()
         require_service("dynamodb", False, f"moto server did not start: {exc!r}")
+        raise
     try:
         yield server.endpoint
     finally:

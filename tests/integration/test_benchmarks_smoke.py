@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,8 @@ from typing import Any
 
 import pytest
 
+from backends import require_service
+from benchmarks.redis_servers import redis_tools_available
 from support import ROOT
 
 WORKER = ROOT / "benchmarks" / "worker.py"
@@ -96,3 +99,34 @@ def test_moto_limits_measures_writes_and_queries() -> None:
     assert "conditional PutItem, 16 thread(s)" in completed.stdout
     assert "| 30 | " in completed.stdout
     assert "| 150 | " in completed.stdout
+
+
+@pytest.mark.service("redis-cluster")
+def test_drain_on_a_private_redis_cluster(tmp_path: Path) -> None:
+    """``--backend redis_cluster`` starts its own three-master cluster, drains every
+    instance once, counts round trips as on Redis, runs the ceiling through the cluster
+    client, and stops the cluster (about 5 s)."""
+    require_service("redis-cluster", redis_tools_available(), "redis-server/redis-cli not found")
+    results = tmp_path / "results.jsonl"
+    arguments = ["drain", "--backend", "redis_cluster", "-n", "300", "--json", str(results)]
+    completed = subprocess.run(
+        [sys.executable, "-m", "benchmarks", *arguments],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-2000:]
+    assert "private Redis Cluster of 3 masters" in completed.stdout
+    rows = [json.loads(line) for line in results.read_text().splitlines()]
+    (drain,) = [row for row in rows if row["scenario"] == "drain"]
+    assert drain["backend"] == "redis_cluster"
+    assert (drain["executions"], drain["duplicates"], drain["missing"]) == (300, 0, 0)
+    counts = drain["counts"]
+    assert counts["calls"]["claim"] >= 3  # batches of 100
+    assert counts["trips_per_execution"] > 0
+    assert counts["round_trips"]["command"] >= counts["calls"]["claim"]
+    assert drain["server_cpu"]["commands_s"] > 0
+    (ceiling,) = [row for row in rows if row["scenario"] == "ceiling"]
+    assert ceiling["executions"] == 300
