@@ -37,6 +37,7 @@ from sqlalchemy import (
     insert,
     null,
     select,
+    true,
     tuple_,
     type_coerce,
     union_all,
@@ -389,18 +390,17 @@ class Statements:
             )
             .cte("added")
         )
-        rank = func.row_number().over(partition_by=h.name, order_by=h.id.desc())
-        names = bindparam("names", type_=postgresql.ARRAY(String()))
-        ranked = (
-            select(h.id, h.name, rank.label("rank"))
-            .where(h.task_group == group, h.name == any_(names))
-            .subquery("ranked")
+        # per written row, an index scan of its own entries, newest first, past the
+        # ``keep - 1`` that stay (a LATERAL join: the cost follows the batch and
+        # ``keep``, never the size of the history table)
+        older = (
+            select(h.id)
+            .where(h.task_group == group, h.name == w.name)
+            .order_by(h.id.desc())
+            .offset(w.keeps - 1)
+            .lateral("older")
         )
-        doomed = (
-            select(ranked.c.id)
-            .join_from(ranked, written, ranked.c.name == w.name)
-            .where(*keeping, ranked.c.rank >= w.keeps)
-        )
+        doomed = select(older.c.id).select_from(written).join(older, true()).where(*keeping)
         trimmed = self._delete_ids(doomed).cte("trimmed")
         result: Executable = select(w.name).add_cte(added, trimmed)
         return result
