@@ -44,11 +44,6 @@ class _Row(StoredRow):
         self.locked_until = None
         self.outcome: str | None = None
 
-    def record(self) -> Record:
-        return Record(
-            self.name, self.spec, self.scheduled_at, self.locked_until, self.locked_by, self.outcome
-        )
-
 
 class _Group:
     """Rows of one group, with a heap of (claimable at, seq, row) entries.

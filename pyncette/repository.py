@@ -121,7 +121,7 @@ class Record:
 
 
 class StoredRow:
-    """A mixin for a backend's own row class (with these five attributes): what every
+    """A mixin for a backend's own row class (with these six attributes): what every
     backend derives from a row alike."""
 
     __slots__ = ()
@@ -130,6 +130,7 @@ class StoredRow:
     scheduled_at: datetime.datetime
     locked_by: Lease | None
     locked_until: datetime.datetime | None
+    outcome: str | None
 
     @property
     def due_at(self) -> datetime.datetime:
@@ -138,7 +139,9 @@ class StoredRow:
         return self.locked_until if self.locked_until is not None else self.scheduled_at
 
     def record(self) -> Record:
-        return Record(self.name, self.spec, self.scheduled_at, self.locked_until, self.locked_by)
+        return Record(
+            self.name, self.spec, self.scheduled_at, self.locked_until, self.locked_by, self.outcome
+        )
 
 
 @dataclass(frozen=True, slots=True)

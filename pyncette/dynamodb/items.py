@@ -25,7 +25,7 @@ from typing import Any
 
 from pyncette import codec
 from pyncette.model import ContinuationToken, Lease
-from pyncette.repository import Record, Registration, StoredRow
+from pyncette.repository import Registration, StoredRow
 from pyncette.timeutil import MICROSECOND, duration_us
 
 PARTITION_ID = "partition_id"
@@ -162,11 +162,6 @@ class Row(StoredRow):
         if self.run is not None:
             item[RUN] = {"N": str(self.run)}
         return item
-
-    def record(self) -> Record:
-        return Record(
-            self.name, self.spec, self.scheduled_at, self.locked_until, self.locked_by, self.outcome
-        )
 
 
 def key(partition_id: str, name: str) -> Item:
