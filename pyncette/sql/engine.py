@@ -102,6 +102,10 @@ class Capabilities:
     notify: bool = False
     """``LISTEN``/``NOTIFY`` between sessions (PostgreSQL): the wake-up channel of
     ``instant_wakeups``."""
+    json_params: bool = False
+    """Lists bind as one JSON array and ``json_each`` reads them back as rows (SQLite
+    3.38+, where JSON is built in): a statement naming a batch of rows is compiled once,
+    not rendered again with one placeholder per name at every execution."""
     delete_subquery: bool = True
     """``DELETE … WHERE id IN (SELECT … FROM the same table …)`` looks up the few ids
     selected. MySQL/MariaDB refuse a subquery on the table being deleted from, or run it
@@ -141,7 +145,15 @@ def detect_capabilities(dialect: Dialect) -> Capabilities:
                 "pyncette needs SQLite 3.25 or newer (INSERT … ON CONFLICT, window functions)"
             )
         returning = bool(dialect.update_returning and dialect.delete_returning)
-        return Capabilities(False, returning, False, False, "immediate", {_NO_BEGIN: True})
+        return Capabilities(
+            False,
+            returning,
+            False,
+            False,
+            "immediate",
+            {_NO_BEGIN: True},
+            json_params=tuple(dialect.server_version_info or ()) >= (3, 38),
+        )
     raise ValueError(f"Unsupported SQL dialect {dialect.name!r}")
 
 
@@ -154,6 +166,12 @@ def create_engine(url: URL, *, pool_size: int) -> AsyncEngine:
     """
     options: dict[str, Any] = {"pool_reset_on_return": None}
     if url.get_backend_name() == "sqlite":
+        from sqlalchemy.dialects.sqlite.aiosqlite import SQLiteDialect_aiosqlite
+
+        from pyncette.sql.sqlite_driver import async_creator
+
+        args, kwargs = SQLiteDialect_aiosqlite().create_connect_args(url)
+        options["async_creator"] = async_creator(args, kwargs)
         engine = create_async_engine(url, pool_size=pool_size, max_overflow=0, **options)
         _take_over_sqlite_transactions(engine)
         return engine

@@ -39,7 +39,7 @@ from pyncette.sql.engine import (
     translate_errors,
 )
 from pyncette.sql.statements import SWEEP_LIMIT, Statements
-from pyncette.timeutil import duration_us, to_epoch_us
+from pyncette.timeutil import duration_us, from_epoch_us, to_epoch_us
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
@@ -198,18 +198,20 @@ class SqlRepository(Repository):
         async def one_statement(conn: AsyncConnection) -> ClaimResult:
             rows = (await conn.execute(sql.claim_one, params)).all()
             claimed = sorted((r for r in rows if r[0] is not None), key=lambda r: (r[4], r[0]))
-            next_due = next((r[3] for r in rows if r[0] is None), None)
-            return ClaimResult([Record(r[0], r[1], r[2], r[3], lease) for r in claimed], next_due)
+            hint = next((r[3] for r in rows if r[0] is None), None)
+            at = _Instants()
+            records = [Record(r[0], r[1], at(r[2]), at(r[3]), lease) for r in claimed]
+            return ClaimResult(records, None if hint is None else at(hint))
 
         row_locks = self._caps.row_locks
+        now_us = to_epoch_us(now)
 
-        async def scan(conn: AsyncConnection, *, take: bool) -> ClaimResult | None:
+        async def scan(conn: AsyncConnection) -> ClaimResult:
             size = limit if row_locks else limit + 1
             rows = (await conn.execute(sql.claim_scan, {**params, "scan": size})).all()
-            due = [row for row in rows[:limit] if row[3] <= now]
-            if due and not take:
-                return None
-            records = [Record(r[0], r[1], r[2], now + r[4], lease) for r in due]
+            due = [row for row in rows[:limit] if row[3] <= now_us]
+            at = _Instants()
+            records = [Record(r[0], r[1], at(r[2]), at(now_us + r[4]), lease) for r in due]
             if records:
                 names = [record.name for record in records]
                 await conn.execute(sql.claim_named, {**params, "names": names})
@@ -218,21 +220,19 @@ class SqlRepository(Repository):
                 full = len(records) >= limit
                 hint = None if full else (await conn.execute(sql.next_due, params)).scalar()
                 return ClaimResult(records, hint)
-            hints = [now + r[4] for r in due]
+            hints = [now_us + r[4] for r in due]
             if len(rows) > len(due):
                 hints.append(rows[len(due)][3])
-            return ClaimResult(records, min(hints) if hints else None)
+            return ClaimResult(records, at(min(hints)) if hints else None)
 
         if self._caps.one_statement_claim:
             return await self._run(one_statement, atomic=False)
         if not self._caps.row_locks:
             # SQLite: claiming takes the whole file's write lock, so look first without it
-            idle = await self._run(functools.partial(scan, take=False), atomic=False)
-            if idle is not None:
-                return idle
-        taken = await self._run(functools.partial(scan, take=True), atomic=True)
-        assert taken is not None
-        return taken
+            first = await self._run(lambda conn: _scalar(conn, sql.next_due, params), atomic=False)
+            if first is None or first > now:
+                return ClaimResult([], first)
+        return await self._run(scan, atomic=True)
 
     # -- commits ------------------------------------------------------------------
 
@@ -608,3 +608,23 @@ def _owned(group: str, commits: Sequence[Commit]) -> dict[str, Any]:
         "names": [item.name for item in commits],
         "pairs": [(item.name, item.lease) for item in commits],
     }
+
+
+class _Instants:
+    """Integer microseconds to aware datetimes, each distinct value converted once: the
+    rows of a claimed batch mostly share their scheduled time and lease expiry."""
+
+    __slots__ = ("_seen",)
+
+    def __init__(self) -> None:
+        self._seen: dict[int, datetime.datetime] = {}
+
+    def __call__(self, micros: int) -> datetime.datetime:
+        moment = self._seen.get(micros)
+        if moment is None:
+            moment = self._seen[micros] = from_epoch_us(micros)
+        return moment
+
+
+async def _scalar(conn: AsyncConnection, statement: Any, params: dict[str, Any]) -> Any:
+    return (await conn.execute(statement, params)).scalar()

@@ -13,6 +13,8 @@ existed.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import (
@@ -27,6 +29,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    TypeDecorator,
     Update,
     any_,
     bindparam,
@@ -44,6 +47,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import mysql, postgresql, sqlite
+from sqlalchemy.engine import Dialect
 from sqlalchemy.sql.dml import ReturningDelete, ReturningUpdate
 from sqlalchemy.sql.elements import BindParameter, ColumnElement
 from sqlalchemy.sql.selectable import CTE
@@ -57,11 +61,12 @@ SWEEP_LIMIT = 1000
 
 class Statements:
     """Bind parameters: ``group``, ``key`` (a row name), ``lease``, ``now``, ``limit``,
-    ``until``, ``after``, ``names`` (expanding) and ``pairs`` (expanding ``(name,
-    lease)`` tuples); ``CASE`` updates add ``k<i>`` and one value per column and row.
-    PostgreSQL's batch writes take arrays instead (``names``, ``leases``, ``at``, ``specs``,
-    ``durations``, ``outcomes``, ``keeps``, ``expires``), and upserts ``force``. Outcome
-    writes add ``outcome``; history writes ``name``, ``expires``, ``keep``."""
+    ``until``, ``after``, ``names`` and ``pairs`` (lists of names and of ``(name, lease)``
+    tuples: expanded, or one JSON array each where ``json_params``); ``CASE`` updates add
+    ``k<i>`` and one value per column and row. PostgreSQL's batch writes take arrays
+    instead (``names``, ``leases``, ``at``, ``specs``, ``durations``, ``outcomes``,
+    ``keeps``, ``expires``), and upserts ``force``. Outcome writes add ``outcome``;
+    history writes ``name``, ``expires``, ``keep``."""
 
     def __init__(self, table: Table, history: Table, caps: Capabilities) -> None:
         self.table = table
@@ -73,10 +78,16 @@ class Statements:
         lease = bindparam("lease", type_=key_type())
         now = bindparam("now", type_=UtcMicros())
         limit = bindparam("limit", type_=Integer())
-        names = bindparam("names", type_=key_type(), expanding=True)
-        pairs: BindParameter[Any] = bindparam("pairs", expanding=True)
         self._in_group = c.task_group == group
-        self._names = c.name.in_(names)
+        if caps.json_params:
+            listed = func.json_each(bindparam("names", type_=JsonList())).table_valued("value")
+            self._names = c.name.in_(select(listed.c.value))
+            paired = func.json_each(bindparam("pairs", type_=JsonList())).table_valued("value")
+            first, second = (func.json_extract(paired.c.value, f"$[{i}]") for i in (0, 1))
+            paired_held = tuple_(c.name, c.locked_by).in_(select(first, second))
+        else:
+            self._names = c.name.in_(bindparam("names", type_=key_type(), expanding=True))
+            paired_held = tuple_(c.name, c.locked_by).in_(bindparam("pairs", expanding=True))
         row = (c.name, c.spec, c.scheduled_at, c.due_at, c.locked_by, c.outcome)
         """What reads return; ``due_at`` is the lease expiry while ``locked_by`` is set."""
 
@@ -93,11 +104,15 @@ class Statements:
             .with_for_update(skip_locked=caps.skip_locked)
             .cte("picked")
         )
+        # times come back as integer microseconds (``raw``): the repository converts a
+        # batch's repeated values once each, instead of per row and column
         claimed = (
             update(table)
             .where(c.task_group == picked.c.task_group, c.name == picked.c.name)
             .values(locked_by=lease, due_at=now + c.lease_duration_us)
-            .returning(c.name, c.spec, c.scheduled_at, c.due_at, picked.c.due_at.label("was"))
+            .returning(
+                c.name, c.spec, raw(c.scheduled_at), raw(c.due_at), raw(picked.c.due_at, "was")
+            )
             .cte("claimed")
         )
         beyond = (
@@ -111,15 +126,16 @@ class Statements:
         short = select(func.count()).select_from(picked).scalar_subquery() < limit
         self.claim_one: CompoundSelect[Any] = union_all(
             select(*claimed.c),
-            select(null(), null(), null(), type_coerce(hint, UtcMicros()), null()).where(short),
+            select(null(), null(), null(), type_coerce(hint, BigInteger()), null()).where(short),
         )
-        """Rows ``(name, spec, scheduled_at, locked_until, was_due_at)``, plus one row with
-        ``name`` NULL whose fourth column is ``next_due_at`` when the claim was short."""
+        """Rows ``(name, spec, scheduled_at, locked_until, was_due_at)`` (times as integer
+        microseconds), plus one row with ``name`` NULL whose fourth column is
+        ``next_due_at`` when the claim was short."""
         # claim, elsewhere: in one transaction, scan by claimable time and take the due
         # rows by name. With row locks (MySQL) the scan locks only due rows (a locked row
         # not taken would make concurrent claimers skip it) and ``next_due`` follows;
         # without (SQLite, whole-file lock) it reads one row more, whose time is the hint.
-        scan = select(c.name, c.spec, c.scheduled_at, c.due_at, c.lease_duration_us)
+        scan = select(c.name, c.spec, raw(c.scheduled_at), raw(c.due_at), raw(c.lease_duration_us))
         if caps.row_locks:
             scan = scan.where(c.due_at <= now).with_for_update(skip_locked=caps.skip_locked)
         self.claim_scan: Select[Any] = (
@@ -131,9 +147,10 @@ class Statements:
             .values(locked_by=lease, due_at=now + c.lease_duration_us)
         )
         self.next_due: Select[Any] = select(func.min(c.due_at)).where(self._in_group)
+        """The group's next claimable time (SQLite's unlocked look before a claim)."""
 
         # commit: rows named in :pairs and still held by the paired lease
-        self._owned = self._in_group & self._names & tuple_(c.name, c.locked_by).in_(pairs)
+        self._owned = self._in_group & self._names & paired_held
         owned = select(c.name).where(self._owned).order_by(c.name)
         self.select_owned: Select[Any] = owned.with_for_update() if caps.row_locks else owned
         delete_owned = delete(table).where(self._owned)
@@ -510,6 +527,21 @@ class Statements:
                 for i in range(size)
             )
         )
+
+
+class JsonList(TypeDecorator[Sequence[Any]]):
+    """A list (of strings, or of tuples of strings) bound as its JSON text."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: Sequence[Any] | None, dialect: Dialect) -> Any:
+        return None if value is None else json.dumps(value)
+
+
+def raw(column: Any, label: str | None = None) -> Any:
+    """``column`` (a time or duration) read as the integer microseconds it is stored as."""
+    return type_coerce(column, BigInteger()).label(label or column.name)
 
 
 def _unnest(name: str, *arrays: tuple[str, Any]) -> Any:

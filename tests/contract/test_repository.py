@@ -373,6 +373,30 @@ async def test_names_and_specs_with_odd_characters(repo: Repository) -> None:
     assert [r.name for r in (await repo.claim(odd, now=T0, limit=1, lease=A)).records] == [odd]
 
 
+async def test_batch_claims_and_commits_of_odd_names(repo: Repository) -> None:
+    # names a batch write must pass through intact: quotes, backslashes, JSON and SQL
+    # syntax, control characters, non-ASCII, and names that look like numbers
+    odd = ['a"b', "c\\d", '["e", 1]', "f'; --", "g\nh", "ü ☃ 𝄞", "42", "x" * 255]
+    await repo.register("g", [reg(name, T0) for name in odd], now=T0, force=False)
+    claimed = await repo.claim("g", now=T0, limit=len(odd), lease=A)
+    assert sorted(r.name for r in claimed.records) == sorted(odd)
+    moved, done = odd[::2], odd[1::2]
+    lost = await repo.commit(
+        "g",
+        [Commit(name, A, T0 + 10 * S) for name in moved]
+        + [Commit(name, A, None) for name in done]
+        + [Commit(moved[0], B, None)],  # a stale lease on a name of the same batch
+        now=T0,
+    )
+    assert lost == [moved[0]]
+    for name in moved:
+        record = await repo.get("g", name)
+        assert record is not None, name
+        assert (record.scheduled_at, record.locked_by) == (T0 + 10 * S, None)
+    for name in done:
+        assert await repo.get("g", name) is None, name
+
+
 @pytest.mark.shared_storage
 async def test_concurrent_claims_never_overlap(backend: BackendConfig) -> None:
     async with (
