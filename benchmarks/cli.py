@@ -264,11 +264,18 @@ CEILINGS = ("sqlite", "postgres", "mysql", "redis", "redis_cluster", "dynamodb")
 """Backends with a plain-driver ceiling (benchmarks/ceiling.py)."""
 
 
-def ceiling_once(services: Services, args: argparse.Namespace, backend: str) -> dict[str, Any]:
+def ceiling_once(
+    services: Services, args: argparse.Namespace, backend: str, *, repository: bool = False
+) -> dict[str, Any]:
+    """One plain-driver drain (``ceiling.py``), or with ``repository`` one drain through
+    this project's repository alone (the worker's ``repository_drain``), on a fresh store."""
     with services.store(backend) as options:
         common = {**base_config(args, backend, OURS), "options": options, "n": args.n}
         common.update(count=False, server_cpu=False)
         run_worker(OURS, {**common, "scenario": "setup"})
+        if repository:
+            alone = {**common, "scenario": "repository_drain"}
+            return run_worker(OURS, alone, timeout=args.timeout)
         return run_worker(OURS, common, timeout=args.timeout, script=CEILING)
 
 
@@ -279,11 +286,19 @@ def ceiling_of(
     report: Report,
     ours: list[float],
 ) -> None:
-    """The plain driver's rate for the same work, and our fraction of it."""
-    print(f"\nceiling — {backend}: the same claims and commits with the plain driver\n")
-    print("| run | executions/s | requests/exec |")
-    print("|---|---:|---:|")
+    """The plain driver's rate for the same work, our fraction of it, and between the two
+    the rate of our repository without the scheduler (runs alternate)."""
+    print(
+        f"\nceiling — {backend}: the same claims and commits with the plain driver, and "
+        "through this project's repository alone (no scheduler)\n"
+    )
+    print(
+        "| run | ceiling executions/s | requests/exec | repository alone executions/s |"
+        " requests/exec | client CPU µs/exec |"
+    )
+    print("|---|---:|---:|---:|---:|---:|")
     rates: list[float] = []
+    alone: list[float] = []
     for rep in range(args.repeat):
         with noted(report, f"ceiling {backend}"):
             result = ceiling_once(services, args, backend)
@@ -291,9 +306,15 @@ def ceiling_of(
             if result["executions"] != args.n:
                 report.fail(f"ceiling {backend}: drained {result['executions']} of {args.n}")
             rates.append(result["rate"] or 0.0)
+            bare = ceiling_once(services, args, backend, repository=True)
+            report.record("ceiling", backend, "repository alone", bare)
+            if bare["executions"] != args.n:
+                report.fail(f"repository alone {backend}: drained {bare['executions']} of {args.n}")
+            alone.append(bare["rate"] or 0.0)
             print(
                 f"| {rep + 1} | {fmt(result['rate'])} | "
-                f"{fmt(result['requests_per_execution'], 4)} |",
+                f"{fmt(result['requests_per_execution'], 4)} | {fmt(bare['rate'])} | "
+                f"{fmt(bare['requests_per_execution'], 4)} | {fmt(bare['client_cpu_us'], 1)} |",
                 flush=True,
             )
     if rates and ours:
@@ -303,6 +324,13 @@ def ceiling_of(
             f"\nmedian ceiling {fmt(ceiling)} executions/s; this project "
             f"{fmt(statistics.median(ours))}: {fraction * 100:.0f}% of the ceiling "
             "(target >= 50%)",
+            flush=True,
+        )
+        repository_rate = statistics.median(alone)
+        print(
+            f"repository alone {fmt(repository_rate)} executions/s: "
+            f"{repository_rate / ceiling * 100:.0f}% of the ceiling; the full drain is "
+            f"{statistics.median(ours) / repository_rate * 100:.0f}% of the repository alone",
             flush=True,
         )
 

@@ -558,9 +558,49 @@ async def scale(config: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+async def repository_drain(config: dict[str, Any]) -> dict[str, Any]:
+    """The drain's claims and commits through this project's repository alone, with no
+    scheduler: on the store ``setup`` filled, claim ``batch_size`` due rows and commit
+    them as done (delete), until the group is empty. It sits between the plain driver's
+    ceiling (``ceiling.py``) and the full drain, so the gap splits into the repository's
+    share and the scheduler's."""
+    from pyncette.model import Lease
+    from pyncette.repository import Commit
+
+    module, name = FACTORIES[config["backend"]]
+    factory = getattr(importlib.import_module(module), name)
+    limit = config.get("batch_size", 100)
+    executions = requests = 0
+    async with factory(**config.get("options", {})) as repository:
+        started = time.perf_counter()
+        cpu = time.process_time()
+        while True:
+            lease = Lease(uuid.uuid4().hex)
+            now = datetime.datetime.now(UTC)
+            claimed = await repository.claim("bench_drain", now=now, limit=limit, lease=lease)
+            requests += 1
+            if not claimed.records:
+                break
+            done = [Commit(record.name, lease, None) for record in claimed.records]
+            lost = await repository.commit("bench_drain", done, now=now)
+            requests += 1
+            executions += len(done) - len(lost)
+        elapsed = time.perf_counter() - started
+        cpu = time.process_time() - cpu
+    return {
+        "executions": executions,
+        "requests": requests,
+        "elapsed_s": elapsed,
+        "rate": executions / elapsed if elapsed else None,
+        "requests_per_execution": requests / executions if executions else None,
+        "client_cpu_us": cpu / executions * 1e6 if executions else None,
+    }
+
+
 SCENARIOS = {
     "drain": drain,
     "setup": setup_only,
+    "repository_drain": repository_drain,
     "steady": steady,
     "register": register,
     "scale": scale,

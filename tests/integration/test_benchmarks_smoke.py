@@ -62,6 +62,18 @@ def test_drain_runs_everything_once(kind: str, tmp_path: Path) -> None:
     assert result["duplicates"] == 0
 
 
+def test_the_repository_alone_drains_what_setup_registered(tmp_path: Path) -> None:
+    """The middle row of the ceiling table: claims and commits through the repository,
+    no scheduler; every row once, one claim and one commit per batch plus the last,
+    empty claim."""
+    config = {"backend": "sqlite", "options": options("sqlite", tmp_path), "api": "bulk"}
+    run_worker({**config, "scenario": "setup", "n": 250}, tmp_path)
+    result = run_worker({**config, "scenario": "repository_drain", "batch_size": 100}, tmp_path)
+    assert result["executions"] == 250
+    assert result["requests"] == 2 * 3 + 1
+    assert result["client_cpu_us"] > 0
+
+
 @pytest.mark.parametrize("kind", ["memory", "sqlite"])
 def test_steady_keeps_up(kind: str, tmp_path: Path) -> None:
     result = run_worker(
@@ -128,5 +140,7 @@ def test_drain_on_a_private_redis_cluster(tmp_path: Path) -> None:
     assert counts["trips_per_execution"] > 0
     assert counts["round_trips"]["command"] >= counts["calls"]["claim"]
     assert drain["server_cpu"]["commands_s"] > 0
-    (ceiling,) = [row for row in rows if row["scenario"] == "ceiling"]
-    assert ceiling["executions"] == 300
+    ceilings = {row["who"]: row for row in rows if row["scenario"] == "ceiling"}
+    assert ceilings["plain driver"]["executions"] == 300
+    assert ceilings["repository alone"]["executions"] == 300
+    assert "repository alone" in completed.stdout
