@@ -294,7 +294,7 @@ def ceiling_of(
     )
     print(
         "| run | ceiling executions/s | requests/exec | repository alone executions/s |"
-        " requests/exec | client CPU µs/exec |"
+        " repository calls/exec | client CPU µs/exec |"
     )
     print("|---|---:|---:|---:|---:|---:|")
     rates: list[float] = []

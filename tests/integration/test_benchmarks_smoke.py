@@ -144,3 +144,22 @@ def test_drain_on_a_private_redis_cluster(tmp_path: Path) -> None:
     assert ceilings["plain driver"]["executions"] == 300
     assert ceilings["repository alone"]["executions"] == 300
     assert "repository alone" in completed.stdout
+
+
+def test_calls_per_execution_counts_the_extra_executions() -> None:
+    """``python -m benchmarks.calls``: the calls one more execution costs, positive and
+    of the order the core makes (tens, not thousands), with the most called listed."""
+    arguments = ["--backend", "memory", "--small", "200", "--large", "600", "--top", "3"]
+    completed = subprocess.run(
+        [sys.executable, "-m", "benchmarks.calls", *arguments],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    first, *top = completed.stdout.splitlines()
+    assert first.startswith("memory: ") and first.endswith(" Python calls per execution")
+    assert 10 < float(first.split()[1]) < 1000
+    assert len(top) == 3
