@@ -457,16 +457,7 @@ class Worker:
             await self._run_apart(overlapping, now)
         if at_most_once:
             group = rows[0].group
-            commits = [
-                Commit(
-                    row.name,
-                    row.lease,
-                    task.next_run(row.scheduled_at, now),
-                    self._outcome(RunStatus.STARTED, row, now),
-                    self._history,
-                )
-                for task, row in at_most_once
-            ]
+            commits = [self._started(task, row, now) for task, row in at_most_once]
             lost = set(
                 await self._bounded(group, lambda: self._repository.commit(group, commits, now=now))
             )
@@ -528,6 +519,15 @@ class Worker:
         self._commits.submit(
             row.group, Commit(row.name, row.lease, next_at, skipped, self._history)
         )
+
+    def _started(self, task: Task, row: Claimed, now: datetime.datetime) -> Commit:
+        """The commit that moves an at-most-once ``row`` on before its run starts, storing
+        the run as started (not for a finished one-off without history: its row goes)."""
+        next_at = task.next_run(row.scheduled_at, now)
+        started = None
+        if next_at is not None or self._history is not None:
+            started = self._outcome(RunStatus.STARTED, row, now)
+        return Commit(row.name, row.lease, next_at, started, self._history)
 
     def _outcome(
         self,
