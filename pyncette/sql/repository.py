@@ -117,6 +117,8 @@ class SqlRepository(Repository):
         self._where = where
         self._sql = Statements(table, history, caps)
         self._next_sweep: datetime.datetime | None = None
+        self._full: set[str] = set()
+        """Groups whose last claim here was a full batch (SQLite skips its look)."""
         # one channel per table; hashed, as channel names are identifiers of <= 63 bytes
         digest = hashlib.sha256(table.fullname.encode("utf-8")).hexdigest()[:24]
         self._channel = f"pyncette_{digest}"
@@ -227,12 +229,20 @@ class SqlRepository(Repository):
 
         if self._caps.one_statement_claim:
             return await self._run(one_statement, atomic=False)
-        if not self._caps.row_locks:
-            # SQLite: claiming takes the whole file's write lock, so look first without it
+        if self._caps.row_locks:
+            return await self._run(scan, atomic=True)
+        # SQLite: claiming takes the whole file's write lock, so look first without it,
+        # unless the group's last claim was a full batch (more is most likely due)
+        if group not in self._full:
             first = await self._run(lambda conn: _scalar(conn, sql.next_due, params), atomic=False)
             if first is None or first > now:
                 return ClaimResult([], first)
-        return await self._run(scan, atomic=True)
+        taken = await self._run(scan, atomic=True)
+        if len(taken.records) >= limit:
+            self._full.add(group)
+        else:
+            self._full.discard(group)
+        return taken
 
     # -- commits ------------------------------------------------------------------
 

@@ -56,6 +56,22 @@ async def test_a_claim_and_a_commit_of_a_batch_hand_off_once_per_statement(
     assert hand_offs == ["_execute_and_fetch"]  # one DELETE … RETURNING, autocommitted
 
 
+async def test_after_a_full_batch_a_claim_takes_the_lock_without_looking_first(
+    repo: Repository, hand_offs: list[str]
+) -> None:
+    await repo.register("g", [reg(f"i{i}", T0) for i in range(150)], now=T0, force=False)
+    assert len((await repo.claim("g", now=T0, limit=100, lease=A)).records) == 100
+    hand_offs.clear()
+    # BEGIN IMMEDIATE, scan, update, COMMIT: no look, the last batch was full
+    assert len((await repo.claim("g", now=T0, limit=100, lease=A)).records) == 50
+    assert hand_offs == ["_execute_and_fetch"] * 3 + ["commit"]
+    hand_offs.clear()
+    # that one was short: the next claim looks first, finds nothing due, takes no lock
+    empty = await repo.claim("g", now=T0, limit=100, lease=A)
+    assert empty.records == []
+    assert hand_offs == ["_execute_and_fetch"]
+
+
 async def test_the_loop_runs_while_a_claim_waits_for_another_writer(
     repo: Repository, tmp_path: Path
 ) -> None:
