@@ -96,8 +96,14 @@ class Statements:
         # next claimable time: the sooner of the first row not yet due (an index-only
         # ``ORDER BY due_at LIMIT 1`` in the statement's snapshot) and the earliest new
         # lease expiry. Rows skipped as locked are another claimer's, and not counted.
+        # The update finds the picked rows by their ``ctid``s, as one array: that can only
+        # be a TID scan, where a join on the key is planned from row estimates and was a
+        # hash join over the whole table once it was analysed (10 ms per claim of 100 at
+        # 20,000 rows, against 1-2 ms). The rows are locked by ``picked``, so nothing
+        # else moves them in between (a row another claimer changed since this
+        # statement's snapshot is left out, to be claimed at the next poll).
         picked = (
-            select(c.task_group, c.name, c.due_at)
+            select(column("ctid"), c.name, c.due_at)
             .where(self._in_group, c.due_at <= now)
             .order_by(c.due_at)
             .limit(limit)
@@ -106,13 +112,16 @@ class Statements:
         )
         # times come back as integer microseconds (``raw``): the repository converts a
         # batch's repeated values once each, instead of per row and column
-        claimed = (
+        taken = (
             update(table)
-            .where(c.task_group == picked.c.task_group, c.name == picked.c.name)
+            .where(column("ctid") == any_(func.array(select(picked.c.ctid).scalar_subquery())))
             .values(locked_by=lease, due_at=now + c.lease_duration_us)
-            .returning(
-                c.name, c.spec, raw(c.scheduled_at), raw(c.due_at), raw(picked.c.due_at, "was")
-            )
+            .returning(c.name, c.spec, raw(c.scheduled_at), raw(c.due_at))
+            .cte("taken")
+        )
+        claimed = (
+            select(*taken.c, raw(picked.c.due_at, "was"))
+            .join_from(taken, picked, picked.c.name == taken.c.name)
             .cte("claimed")
         )
         beyond = (
