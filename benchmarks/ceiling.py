@@ -10,8 +10,8 @@ rate is printed as a fraction of it.
 
 Requests per batch, by backend (counted below as ``requests``):
 
-* PostgreSQL (asyncpg, autocommit, prepared): the claim ``WITH picked AS (SELECT …
-  FOR UPDATE SKIP LOCKED LIMIT n) UPDATE … FROM picked RETURNING``, and the commit
+* PostgreSQL (asyncpg, autocommit, prepared): the claim ``WITH picked AS (SELECT ctid …
+  FOR UPDATE SKIP LOCKED LIMIT n) UPDATE … WHERE ctid = ANY(ARRAY(…)) RETURNING``, and the commit
   ``DELETE … USING unnest($names, $leases) RETURNING`` -- 2;
 * MariaDB (asyncmy, ``READ COMMITTED``): ``SELECT … FOR UPDATE SKIP LOCKED``, ``UPDATE
   … WHERE name IN (…)``, ``COMMIT``; then ``DELETE … WHERE (name, locked_by) IN (…)``,
@@ -71,11 +71,11 @@ def finish(executions: int, requests: int, started: float) -> dict[str, Any]:
 
 PG_CLAIM = """
 WITH picked AS (
-    SELECT task_group, name FROM {t} WHERE task_group = $1 AND due_at <= $2
+    SELECT ctid FROM {t} WHERE task_group = $1 AND due_at <= $2
     ORDER BY due_at LIMIT $3 FOR UPDATE SKIP LOCKED
 )
 UPDATE {t} SET locked_by = $4, due_at = $2 + {t}.lease_duration_us
-FROM picked WHERE {t}.task_group = picked.task_group AND {t}.name = picked.name
+WHERE ctid = ANY(ARRAY(SELECT ctid FROM picked))
 RETURNING {t}.name, {t}.spec, {t}.scheduled_at, {t}.due_at
 """
 PG_COMMIT = """
