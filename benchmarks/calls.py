@@ -8,9 +8,8 @@ one more execution costs (start-up and the final idle poll cancel out). Calls ma
 other threads (aiosqlite's, boto3's pool) are not counted. ``--top K`` also lists the K
 functions called most often per execution.
 
-Stores: a SQLite file in a temporary folder; PostgreSQL, MariaDB and Redis on localhost
-(the tests' defaults), each run in a table or namespace of its own, removed afterwards
-only for SQLite.
+Each drain gets a fresh store from the harness (``benchmarks.services``) and the app the
+benchmark worker builds (``benchmarks.worker.make_app``), polling every 50 ms.
 """
 
 from __future__ import annotations
@@ -19,84 +18,42 @@ import argparse
 import asyncio
 import cProfile
 import datetime
+import os
 import pstats
-import tempfile
-import uuid
 from pathlib import Path
 from typing import Any
 
-from pyncette import Context, Pyncette
+from benchmarks import worker
+from benchmarks.services import AWS_ENV, Services
+from pyncette import Context
 
 UTC = datetime.UTC
 
 
-def backend_options(backend: str, folder: Path) -> dict[str, Any]:
-    table = f"calls_{uuid.uuid4().hex[:12]}"
-    if backend == "memory":
-        return {}
-    if backend == "sqlite":
-        from pyncette.sqlite import sqlite_repository
-
-        return {"repository_factory": sqlite_repository, "sqlite_database": str(folder / "c.db")}
-    if backend == "postgres":
-        from pyncette.postgres import postgres_repository
-
-        return {
-            "repository_factory": postgres_repository,
-            "postgres_url": "postgresql://postgres@127.0.0.1:5432/test",
-            "postgres_table_name": table,
-        }
-    if backend == "mysql":
-        from pyncette.mysql import mysql_repository
-
-        return {
-            "repository_factory": mysql_repository,
-            "mysql_host": "127.0.0.1",
-            "mysql_user": "root",
-            "mysql_database": "test",
-            "mysql_table_name": table,
-        }
-    if backend == "redis":
-        from pyncette.redis import redis_repository
-
-        return {
-            "repository_factory": redis_repository,
-            "redis_url": "redis://127.0.0.1:6379",
-            "redis_namespace": table,
-        }
-    raise SystemExit(f"unknown backend {backend!r}")
-
-
-async def drain(backend: str, n: int) -> pstats.Stats:
+async def drain(options: dict[str, Any], backend: str, n: int) -> pstats.Stats:
     """Drain ``n`` due one-offs; the profile of the loop, from its start to the last one."""
-    with tempfile.TemporaryDirectory() as folder:
-        app = Pyncette(
-            batch_size=100,
-            concurrency_limit=100,
-            poll_interval=datetime.timedelta(seconds=0.05),
-            **backend_options(backend, Path(folder)),
-        )
-        done = asyncio.Event()
-        ran = 0
+    app = worker.make_app({"backend": backend, "options": options, "poll_interval": 0.05})
+    done = asyncio.Event()
+    ran = 0
 
-        @app.dynamic_task()
-        async def job(context: Context) -> None:
-            nonlocal ran
-            ran += 1
-            if ran >= n:
-                done.set()
+    @app.dynamic_task()
+    async def job(context: Context) -> None:
+        nonlocal ran
+        ran += 1
+        if ran >= n:
+            done.set()
 
-        async with app.create() as ctx:
-            due = datetime.datetime.now(UTC) - datetime.timedelta(seconds=1)
-            await ctx.schedule_tasks(job, {f"i{i}": {"execute_at": due} for i in range(n)})
-            profile = cProfile.Profile()
-            profile.enable()
-            loop = asyncio.create_task(ctx.run())
-            await done.wait()
-            profile.disable()
-            ctx.shutdown()
-            await loop
-        return pstats.Stats(profile)
+    async with app.create() as ctx:
+        due = datetime.datetime.now(UTC) - datetime.timedelta(seconds=1)
+        await ctx.schedule_tasks(job, {f"i{i}": {"execute_at": due} for i in range(n)})
+        profile = cProfile.Profile()
+        profile.enable()
+        loop = asyncio.create_task(ctx.run())
+        await done.wait()
+        profile.disable()
+        ctx.shutdown()
+        await loop
+    return pstats.Stats(profile)
 
 
 def main() -> None:
@@ -106,8 +63,17 @@ def main() -> None:
     parser.add_argument("--large", type=int, default=6000)
     parser.add_argument("--top", type=int, default=0, help="list the K most called functions")
     args = parser.parse_args()
-    small = asyncio.run(drain(args.backend, args.small))
-    large = asyncio.run(drain(args.backend, args.large))
+    if args.backend == "dynamodb":
+        os.environ.update(AWS_ENV)
+    services = Services()
+    try:
+        profiles = []
+        for n in (args.small, args.large):
+            with services.store(args.backend) as options:
+                profiles.append(asyncio.run(drain(options, args.backend, n)))
+    finally:
+        services.close()
+    small, large = profiles
     extra = args.large - args.small
     per_execution = (large.total_calls - small.total_calls) / extra  # type: ignore[attr-defined]
     print(f"{args.backend}: {per_execution:.1f} Python calls per execution")

@@ -8,6 +8,7 @@ integer. What :func:`to_epoch_us` stores, :func:`from_epoch_us` reads back exact
 from __future__ import annotations
 
 import datetime
+from collections.abc import Callable
 
 EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 MICROSECOND = datetime.timedelta(microseconds=1)
@@ -27,3 +28,17 @@ def from_epoch_us(micros: int) -> datetime.datetime:
 def duration_us(duration: datetime.timedelta) -> int:
     """``duration`` in whole microseconds (all the precision a ``timedelta`` has)."""
     return duration // MICROSECOND
+
+
+def batch_instants() -> Callable[[int], datetime.datetime]:
+    """:func:`from_epoch_us` remembering what it converted: for the rows of one claimed
+    batch, which mostly share their scheduled time and lease expiry."""
+    seen: dict[int, datetime.datetime] = {}
+
+    def convert(micros: int) -> datetime.datetime:
+        moment = seen.get(micros)
+        if moment is None:
+            moment = seen[micros] = from_epoch_us(micros)
+        return moment
+
+    return convert

@@ -524,10 +524,14 @@ class Worker:
         """The commit that moves an at-most-once ``row`` on before its run starts, storing
         the run as started (not for a finished one-off without history: its row goes)."""
         next_at = task.next_run(row.scheduled_at, now)
-        started = None
-        if next_at is not None or self._history is not None:
-            started = self._outcome(RunStatus.STARTED, row, now)
+        started = self._outcome(RunStatus.STARTED, row, now) if self._read(next_at) else None
         return Commit(row.name, row.lease, next_at, started, self._history)
+
+    def _read(self, next_at: datetime.datetime | None) -> bool:
+        """Whether a run's outcome would be read: its row stays (a next run), or the run
+        history keeps it. A finished one-off's row goes, so without history it is not
+        built at all."""
+        return next_at is not None or self._history is not None
 
     def _outcome(
         self,
@@ -691,7 +695,7 @@ class Worker:
         finished_at = self._clock.now()
         next_at = task.next_run(row.scheduled_at, finished_at, claimed_at=claimed_at)
         ended = None
-        if next_at is not None or self._history is not None:  # else it would go unread
+        if self._read(next_at):
             ended = self._outcome(
                 RunStatus.SUCCEEDED if failure is None else RunStatus.FAILED,
                 row,

@@ -43,7 +43,7 @@ from pyncette.repository import (
     Repository,
     wake_up_message,
 )
-from pyncette.timeutil import duration_us, from_epoch_us, to_epoch_us
+from pyncette.timeutil import batch_instants, duration_us, from_epoch_us, to_epoch_us
 
 logger = logging.getLogger(__name__)
 
@@ -99,16 +99,8 @@ def _history_args(history: History | None) -> tuple[int, int] | None:
 
 
 def _claimed(out: list[Any], lease: Lease) -> list[Record]:
-    """Records from the claim script's reply (the hot path: one memo per call, since a
-    batch usually shares its due and expiry times)."""
-    times: dict[int, datetime.datetime] = {}
-
-    def moment(us: int) -> datetime.datetime:
-        found = times.get(us)
-        if found is None:
-            found = times[us] = from_epoch_us(us)
-        return found
-
+    """Records from the claim script's reply (the hot path)."""
+    moment = batch_instants()
     return [
         Record(name.decode(), None if spec is None else spec.decode(), moment(a), moment(b), lease)
         for name, a, b, spec in zip(out[1::4], out[2::4], out[3::4], out[4::4], strict=True)

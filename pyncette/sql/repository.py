@@ -39,7 +39,7 @@ from pyncette.sql.engine import (
     translate_errors,
 )
 from pyncette.sql.statements import SWEEP_LIMIT, Statements
-from pyncette.timeutil import duration_us, from_epoch_us, to_epoch_us
+from pyncette.timeutil import batch_instants, duration_us, to_epoch_us
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
@@ -201,7 +201,7 @@ class SqlRepository(Repository):
             rows = (await conn.execute(sql.claim_one, params)).all()
             claimed = sorted((r for r in rows if r[0] is not None), key=lambda r: (r[4], r[0]))
             hint = next((r[3] for r in rows if r[0] is None), None)
-            at = _Instants()
+            at = batch_instants()
             records = [Record(r[0], r[1], at(r[2]), at(r[3]), lease) for r in claimed]
             return ClaimResult(records, None if hint is None else at(hint))
 
@@ -212,7 +212,7 @@ class SqlRepository(Repository):
             size = limit if row_locks else limit + 1
             rows = (await conn.execute(sql.claim_scan, {**params, "scan": size})).all()
             due = [row for row in rows[:limit] if row[3] <= now_us]
-            at = _Instants()
+            at = batch_instants()
             records = [Record(r[0], r[1], at(r[2]), at(now_us + r[4]), lease) for r in due]
             if records:
                 names = [record.name for record in records]
@@ -220,7 +220,7 @@ class SqlRepository(Repository):
             if row_locks:
                 # a full batch makes the core claim again at once; it ignores the hint
                 full = len(records) >= limit
-                hint = None if full else (await conn.execute(sql.next_due, params)).scalar()
+                hint = None if full else await _scalar(conn, sql.next_due, params)
                 return ClaimResult(records, hint)
             hints = [now_us + r[4] for r in due]
             if len(rows) > len(due):
@@ -618,22 +618,6 @@ def _owned(group: str, commits: Sequence[Commit]) -> dict[str, Any]:
         "names": [item.name for item in commits],
         "pairs": [(item.name, item.lease) for item in commits],
     }
-
-
-class _Instants:
-    """Integer microseconds to aware datetimes, each distinct value converted once: the
-    rows of a claimed batch mostly share their scheduled time and lease expiry."""
-
-    __slots__ = ("_seen",)
-
-    def __init__(self) -> None:
-        self._seen: dict[int, datetime.datetime] = {}
-
-    def __call__(self, micros: int) -> datetime.datetime:
-        moment = self._seen.get(micros)
-        if moment is None:
-            moment = self._seen[micros] = from_epoch_us(micros)
-        return moment
 
 
 async def _scalar(conn: AsyncConnection, statement: Any, params: dict[str, Any]) -> Any:

@@ -40,6 +40,18 @@ def run_worker(config: dict[str, Any], tmp_path: Path) -> dict[str, Any]:
     return asyncio.run(bounded())
 
 
+def run_module(module: str, *arguments: str) -> subprocess.CompletedProcess[str]:
+    """``python -m <module> <arguments>`` from the repository root, output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *arguments],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
 def options(backend: str, tmp_path: Path) -> dict[str, Any]:
     return {"sqlite_database": str(tmp_path / "bench.db")} if backend == "sqlite" else {}
 
@@ -99,14 +111,7 @@ def test_moto_limits_measures_writes_and_queries() -> None:
     """The raw moto measurement behind the DynamoDB figures runs and reads back what it
     stored (the script checks each query's item count)."""
     arguments = ["--sizes", "30,150", "--writes", "20", "--queries", "2"]
-    completed = subprocess.run(
-        [sys.executable, "-m", "benchmarks.moto_limits", *arguments],
-        cwd=WORKER.parent.parent,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    completed = run_module("benchmarks.moto_limits", *arguments)
     assert completed.returncode == 0, completed.stderr[-2000:]
     assert "conditional PutItem, 16 thread(s)" in completed.stdout
     assert "| 30 | " in completed.stdout
@@ -121,14 +126,7 @@ def test_drain_on_a_private_redis_cluster(tmp_path: Path) -> None:
     require_service("redis-cluster", redis_tools_available(), "redis-server/redis-cli not found")
     results = tmp_path / "results.jsonl"
     arguments = ["drain", "--backend", "redis_cluster", "-n", "300", "--json", str(results)]
-    completed = subprocess.run(
-        [sys.executable, "-m", "benchmarks", *arguments],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    completed = run_module("benchmarks", *arguments)
     assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-2000:]
     assert "private Redis Cluster of 3 masters" in completed.stdout
     rows = [json.loads(line) for line in results.read_text().splitlines()]
@@ -150,14 +148,7 @@ def test_calls_per_execution_counts_the_extra_executions() -> None:
     """``python -m benchmarks.calls``: the calls one more execution costs, positive and
     of the order the core makes (tens, not thousands), with the most called listed."""
     arguments = ["--backend", "memory", "--small", "200", "--large", "600", "--top", "3"]
-    completed = subprocess.run(
-        [sys.executable, "-m", "benchmarks.calls", *arguments],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    completed = run_module("benchmarks.calls", *arguments)
     assert completed.returncode == 0, completed.stderr[-2000:]
     first, *top = completed.stdout.splitlines()
     assert first.startswith("memory: ") and first.endswith(" Python calls per execution")

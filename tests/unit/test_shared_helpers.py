@@ -30,7 +30,7 @@ from pyncette.redis.connection import DriverBackoff, _client_options
 from pyncette.redis.settings import RedisSettings
 from pyncette.repository import Registration, fold_registrations
 from pyncette.sqlite import SqliteSettings, sqlite_repository
-from pyncette.timeutil import EPOCH, duration_us, from_epoch_us, to_epoch_us
+from pyncette.timeutil import EPOCH, batch_instants, duration_us, from_epoch_us, to_epoch_us
 from pyncette.urls import mask_url
 
 UTC = datetime.UTC
@@ -128,6 +128,15 @@ def test_epoch_microseconds_are_utc_whatever_the_zone() -> None:
     assert from_epoch_us(to_epoch_us(moment)).tzinfo is UTC
     assert to_epoch_us(EPOCH + datetime.timedelta(microseconds=1)) == 1
     assert from_epoch_us(-1) == EPOCH - datetime.timedelta(microseconds=1)
+
+
+def test_batch_instants_convert_as_from_epoch_us_and_share_repeated_values() -> None:
+    convert = batch_instants()
+    first = convert(1_893_456_000_000_001)
+    assert first == from_epoch_us(1_893_456_000_000_001)
+    assert convert(1_893_456_000_000_001) is first  # converted once
+    assert convert(-1) == EPOCH - datetime.timedelta(microseconds=1)
+    assert batch_instants()(1_893_456_000_000_001) is not first  # a memo per batch
 
 
 def test_naive_datetimes_are_refused() -> None:
