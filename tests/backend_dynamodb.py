@@ -1,5 +1,8 @@
-"""DynamoDB backend: moto's DynamoDB server over real HTTP on a loopback port, in a
-process of its own started once per session and stopped at its end.
+"""DynamoDB backends: ``dynamodb``, moto's DynamoDB server over real HTTP on a loopback
+port, in a process of its own started once per session and stopped at its end; and
+``dynamodb_local``, Amazon's DynamoDB Local (see ``dynamodb_local.py``), the one of the
+two that runs the PartiQL batches the backend sends when a server takes them (on moto
+it writes one item per request).
 
 moto's request threads check a write's condition and apply the write in separate steps,
 so two racing conditional writes to one item can both succeed, which DynamoDB never
@@ -31,6 +34,7 @@ if TYPE_CHECKING:
     from werkzeug.serving import BaseWSGIServer
 
 BACKENDS["dynamodb"] = BackendInfo(marks=[pytest.mark.service("dynamodb")])
+BACKENDS["dynamodb_local"] = BackendInfo(marks=[pytest.mark.service("dynamodb-local")])
 
 REGION = "us-east-1"
 AWS_ENV = (
@@ -161,19 +165,46 @@ def dynamodb_server() -> Iterator[str]:
         server.stop()
 
 
-@pytest.fixture
-def dynamodb_backend(
-    dynamodb_server: str, monkeypatch: pytest.MonkeyPatch
+@pytest.fixture(scope="session")
+def dynamodb_local_server() -> Iterator[str]:
+    """The endpoint URL of the session's DynamoDB Local."""
+    from dynamodb_local import DynamoDBLocal, missing
+
+    problem = missing()
+    require_service("dynamodb-local", problem is None, problem or "")
+    server = DynamoDBLocal()
+    try:
+        yield server.endpoint
+    finally:
+        server.stop()
+
+
+def _table_backend(
+    name: str, endpoint: str, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[BackendConfig]:
     isolate_aws_env(monkeypatch)
     table = unique_table()
     yield BackendConfig(
-        "dynamodb",
+        name,
         dynamodb_repository,
         {
-            "dynamodb_endpoint": dynamodb_server,
+            "dynamodb_endpoint": endpoint,
             "dynamodb_region_name": REGION,
             "dynamodb_table_name": table,
         },
     )
-    delete_table(dynamodb_server, table)
+    delete_table(endpoint, table)
+
+
+@pytest.fixture
+def dynamodb_backend(
+    dynamodb_server: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[BackendConfig]:
+    yield from _table_backend("dynamodb", dynamodb_server, monkeypatch)
+
+
+@pytest.fixture
+def dynamodb_local_backend(
+    dynamodb_local_server: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[BackendConfig]:
+    yield from _table_backend("dynamodb_local", dynamodb_local_server, monkeypatch)

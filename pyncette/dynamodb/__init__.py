@@ -19,6 +19,7 @@ import anyio.to_thread
 
 from pyncette.dynamodb.adopt import adopt_pyncette1
 from pyncette.dynamodb.client import MAX_CONCURRENCY, Caller, open_client
+from pyncette.dynamodb.partiql import Statements, probe
 from pyncette.dynamodb.repository import DynamoDBRepository
 from pyncette.dynamodb.settings import DynamoDBSettings
 from pyncette.dynamodb.table import DynamoDBTableError, ensure_table, table_definition
@@ -50,9 +51,19 @@ async def dynamodb_repository(**options: Any) -> AsyncIterator[Repository]:
         created = await ensure_table(
             client, caller, settings.table_name, create=not settings.skip_table_create
         )
-        logger.debug("Using DynamoDB %s", where)
+        statements = Statements(client, caller, settings.table_name)
+        batches = await probe(statements)
+        logger.debug(
+            "Using DynamoDB %s, %s",
+            where,
+            "PartiQL batches" if batches else "one item per request",
+        )
         repository = DynamoDBRepository(
-            client, caller, settings.table_name, settings.partition_prefix
+            client,
+            caller,
+            settings.table_name,
+            settings.partition_prefix,
+            statements if batches else None,
         )
         await adopt_pyncette1(repository, created=created)  # 1.x items under this prefix
         yield repository

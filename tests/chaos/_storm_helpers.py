@@ -159,8 +159,8 @@ async def dump_store(
     """Read every row of the store ``options`` describe, bypassing the repository.
 
     ``kind`` is a backend name of the suite (``memory``, ``sqlite``, ``postgres``,
-    ``mysql``, ``redis``, ``redis_cluster``, ``dynamodb``); the memory backend keeps
-    rows in the process, so it needs the app's ``repository``.
+    ``mysql``, ``redis``, ``redis_cluster``, ``dynamodb``, ``dynamodb_local``); the
+    memory backend keeps rows in the process, so it needs the app's ``repository``.
     """
     if kind == "memory":
         assert repository is not None, "the memory backend is read through its repository"
@@ -169,7 +169,7 @@ async def dump_store(
         return await _dump_sql(kind, options)
     if kind in ("redis", "redis_cluster"):
         return await _dump_redis(options)
-    if kind == "dynamodb":
+    if kind in ("dynamodb", "dynamodb_local"):
         import anyio.to_thread
 
         return await anyio.to_thread.run_sync(_dump_dynamodb, dict(options))
