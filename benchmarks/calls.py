@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import worker
-from benchmarks.services import AWS_ENV, Services
+from benchmarks.services import AWS_ENV, DYNAMODB, Services
 from pyncette import Context
 
 UTC = datetime.UTC
@@ -63,7 +63,7 @@ def main() -> None:
     parser.add_argument("--large", type=int, default=6000)
     parser.add_argument("--top", type=int, default=0, help="list the K most called functions")
     args = parser.parse_args()
-    if args.backend == "dynamodb":
+    if args.backend in DYNAMODB:
         os.environ.update(AWS_ENV)
     services = Services()
     try:

@@ -22,7 +22,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from benchmarks.services import AWS_ENV, BACKENDS, CHOICES, NO_PYNCETTE11, SHARED, Services
+from benchmarks.services import (
+    AWS_ENV,
+    BACKENDS,
+    CHOICES,
+    DYNAMODB,
+    NO_PYNCETTE11,
+    SHARED,
+    Services,
+)
 
 HERE = Path(__file__).resolve().parent
 WORKER = HERE / "worker.py"
@@ -157,9 +165,9 @@ def base_config(args: argparse.Namespace, backend: str, python: str) -> dict[str
 
 
 def with_server_pid(services: Services, backend: str, config: dict[str, Any]) -> dict[str, Any]:
-    """The moto server's pid, for DynamoDB runs that measure server CPU."""
-    if backend == "dynamodb" and config.get("server_cpu"):
-        config["server_pid"] = services.moto().process.pid
+    """The DynamoDB server's pid, for DynamoDB runs that measure server CPU."""
+    if backend in DYNAMODB and config.get("server_cpu"):
+        config["server_pid"] = services.dynamodb_pid(backend)
     return config
 
 
@@ -260,7 +268,7 @@ def print_profile_top(entries: list[dict[str, Any]], count: int = 8) -> None:
         print(f"- {entry['share'] * 100:.1f}% {entry['where']}")
 
 
-CEILINGS = ("sqlite", "postgres", "mysql", "redis", "redis_cluster", "dynamodb")
+CEILINGS = ("sqlite", "postgres", "mysql", "redis", "redis_cluster", *DYNAMODB)
 """Backends with a plain-driver ceiling (benchmarks/ceiling.py)."""
 
 

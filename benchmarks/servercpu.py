@@ -136,7 +136,7 @@ async def sample(backend: str, options: dict[str, Any], server_pid: int | None) 
             commands_us += node_us
             pids.append(pid)
         result["commands_us"] = commands_us
-    elif backend == "dynamodb" and server_pid is not None:
+    elif backend in ("dynamodb", "dynamodb_local") and server_pid is not None:
         pids = [server_pid]
     for pid in pids:
         seconds = proc_cpu_seconds(pid, thread=backend == "mysql")

@@ -27,9 +27,11 @@ from benchmarks.redis_servers import RedisClusterServers, private_cluster, redis
 
 BACKENDS = ("memory", "sqlite", "postgres", "mysql", "redis", "dynamodb")
 """What ``--backend all`` means."""
-CHOICES = (*BACKENDS, "redis_cluster")
-"""Every backend ``--backend`` accepts; ``redis_cluster`` only when named."""
-SHARED = ("sqlite", "postgres", "mysql", "redis", "redis_cluster", "dynamodb")
+CHOICES = (*BACKENDS, "redis_cluster", "dynamodb_local")
+"""Every backend ``--backend`` accepts; ``redis_cluster`` and ``dynamodb_local``
+(Amazon's DynamoDB Local, see tests/dynamodb_local.py; needs java) only when named."""
+SHARED = ("sqlite", "postgres", "mysql", "redis", "redis_cluster", "dynamodb", "dynamodb_local")
+DYNAMODB = ("dynamodb", "dynamodb_local")
 """Backends whose store several processes can share (scale-out)."""
 NO_PYNCETTE11 = ("redis_cluster",)
 """Backends Pyncette 1.1.0 cannot use (it has no Redis Cluster client): no ``--compare``."""
@@ -107,6 +109,7 @@ class Services:
 
     def __init__(self) -> None:
         self._moto: Moto | None = None
+        self._local: Any = None  # tests/dynamodb_local.py's DynamoDBLocal
         self._cluster: RedisClusterServers | None = None
         self._stack = contextlib.ExitStack()
 
@@ -114,6 +117,9 @@ class Services:
         if self._moto is not None:
             self._moto.close()
             self._moto = None
+        if self._local is not None:
+            self._local.stop()
+            self._local = None
         self._cluster = None
         self._stack.close()
 
@@ -135,6 +141,21 @@ class Services:
         if self._moto is None:
             self._moto = Moto()
         return self._moto
+
+    def dynamodb_local(self) -> Any:
+        """DynamoDB Local (``tests/dynamodb_local.py``), started on first use."""
+        if self._local is None:
+            sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+            from dynamodb_local import DynamoDBLocal
+
+            self._local = DynamoDBLocal()
+            print(f"(dynamodb_local: DynamoDB Local on {self._local.endpoint})", flush=True)
+        return self._local
+
+    def dynamodb_pid(self, backend: str) -> int:
+        """The process id of ``backend``'s DynamoDB server."""
+        server = self.moto() if backend == "dynamodb" else self.dynamodb_local()
+        return int(server.process.pid)
 
     @contextlib.contextmanager
     def store(self, backend: str, flavour: str = "ours") -> Iterator[dict[str, Any]]:
@@ -196,17 +217,17 @@ class Services:
             finally:
                 for node in cluster.nodes:
                     asyncio.run(_redis_cleanup(namespace, node.url))
-        elif backend == "dynamodb":
-            moto = self.moto()
+        elif backend in DYNAMODB:
+            server = self.moto() if backend == "dynamodb" else self.dynamodb_local()
             table = unique_name()
             try:
                 yield {
-                    "dynamodb_endpoint": moto.endpoint,
+                    "dynamodb_endpoint": server.endpoint,
                     "dynamodb_region_name": "us-east-1",
                     "dynamodb_table_name": table,
                 }
             finally:
-                _dynamodb_drop(moto.endpoint, table)
+                _dynamodb_drop(server.endpoint, table)
         else:
             raise ValueError(f"unknown backend {backend!r}")
 

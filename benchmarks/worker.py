@@ -36,6 +36,7 @@ FACTORIES = {
     # the same factory: it asks the node in redis_url and picks the cluster client
     "redis_cluster": ("pyncette.redis", "redis_repository"),
     "dynamodb": ("pyncette.dynamodb", "dynamodb_repository"),
+    "dynamodb_local": ("pyncette.dynamodb", "dynamodb_repository"),
 }
 
 

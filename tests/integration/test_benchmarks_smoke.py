@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+import dynamodb_local
 from backends import require_service
 from benchmarks.redis_servers import redis_tools_available
 from support import ROOT
@@ -142,6 +143,27 @@ def test_drain_on_a_private_redis_cluster(tmp_path: Path) -> None:
     assert ceilings["plain driver"]["executions"] == 300
     assert ceilings["repository alone"]["executions"] == 300
     assert "repository alone" in completed.stdout
+
+
+@pytest.mark.service("dynamodb-local")
+def test_drain_on_dynamodb_local_sends_partiql_batches(tmp_path: Path) -> None:
+    """``--backend dynamodb_local`` starts its own DynamoDB Local; the drain and the
+    plain-driver ceiling both send the claims and commits 25 to a request (a query per
+    100 and eight batches: 0.09 requests per execution, not 2)."""
+    problem = dynamodb_local.missing()
+    require_service("dynamodb-local", problem is None, problem or "")
+    results = tmp_path / "results.jsonl"
+    arguments = ["drain", "--backend", "dynamodb_local", "-n", "200", "--json", str(results)]
+    completed = run_module("benchmarks", *arguments)
+    assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-2000:]
+    rows = [json.loads(line) for line in results.read_text().splitlines()]
+    (drain,) = [row for row in rows if row["scenario"] == "drain"]
+    assert (drain["executions"], drain["duplicates"], drain["missing"]) == (200, 0, 0)
+    assert drain["counts"]["trips_per_execution"] < 0.2
+    ceilings = {row["who"]: row for row in rows if row["scenario"] == "ceiling"}
+    assert ceilings["plain driver"]["executions"] == 200
+    assert ceilings["plain driver"]["requests_per_execution"] < 0.2
+    assert ceilings["repository alone"]["executions"] == 200
 
 
 def test_calls_per_execution_counts_the_extra_executions() -> None:
