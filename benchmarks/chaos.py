@@ -32,11 +32,11 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 OURS = ("kill", "restart", "proxy")
 THEIRS = ("storm", "skew", "hostile", "overload")
-BACKENDS = ("sqlite", "postgres", "mysql", "redis", "redis_cluster", "dynamodb")
+BACKENDS = ("sqlite", "postgres", "mysql", "redis", "redis_cluster", "dynamodb", "dynamodb_local")
 APPLIES = {
     "kill": BACKENDS,
     "restart": ("postgres", "mysql", "redis"),
-    "proxy": ("postgres", "mysql", "redis", "dynamodb"),
+    "proxy": ("postgres", "mysql", "redis", "dynamodb", "dynamodb_local"),
 }
 COLUMNS = (
     ("scenario", "scenario"),

@@ -60,11 +60,11 @@ MARIADB_INSTALL_DB = shutil.which("mariadb-install-db") or "/usr/bin/mariadb-ins
 AWS_ENV = {**AWS_TEST_ENV, "AWS_DEFAULT_REGION": "us-east-1"}
 """Dummy credentials for the moto server; nothing in ``~/.aws`` is read."""
 
-BACKENDS = ("sqlite", "postgres", "mysql", "redis", "redis_cluster", "dynamodb")
+BACKENDS = ("sqlite", "postgres", "mysql", "redis", "redis_cluster", "dynamodb", "dynamodb_local")
 RESTARTABLE = ("postgres", "mysql", "redis")
 TESTS = Path(__file__).resolve().parent.parent
 ROOT = TESTS.parent
-PROXIABLE = ("postgres", "mysql", "redis", "dynamodb")
+PROXIABLE = ("postgres", "mysql", "redis", "dynamodb", "dynamodb_local")
 
 
 def child_env(**extra: str) -> dict[str, str]:
@@ -166,7 +166,7 @@ class Store:
             options.update(mysql_host="127.0.0.1", mysql_port=port)
         elif self.backend in ("redis", "redis_cluster"):
             options["redis_url"] = f"redis://127.0.0.1:{port}"
-        elif self.backend == "dynamodb":
+        elif self.backend in ("dynamodb", "dynamodb_local"):
             options["dynamodb_endpoint"] = f"http://127.0.0.1:{port}"
         else:
             raise ValueError(f"{self.backend} has no network address to proxy")
@@ -489,5 +489,18 @@ def shared_store(backend: str, directory: Path) -> Iterator[Store]:
             yield Store(backend, options, ("127.0.0.1", moto.port), env=dict(AWS_ENV))
         finally:
             moto.stop()
+    elif backend == "dynamodb_local":  # PartiQL batches (moto: one item per request)
+        from dynamodb_local import DynamoDBLocal
+
+        local = DynamoDBLocal()
+        try:
+            options = {
+                "dynamodb_endpoint": local.endpoint,
+                "dynamodb_region_name": "us-east-1",
+                "dynamodb_table_name": unique_table(),
+            }
+            yield Store(backend, options, ("127.0.0.1", local.port), env=dict(AWS_ENV))
+        finally:
+            local.stop()
     else:
         raise ValueError(f"unknown backend {backend!r}")

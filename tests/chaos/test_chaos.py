@@ -38,6 +38,7 @@ SERVICE = {
     "redis": "redis",
     "redis_cluster": "redis-cluster",
     "dynamodb": "dynamodb",
+    "dynamodb_local": "dynamodb-local",
 }
 """Backend -> the ``service`` marker's name of the server it needs."""
 CASES = [

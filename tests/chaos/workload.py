@@ -63,6 +63,7 @@ FACTORIES = {
     "redis": ("pyncette.redis", "redis_repository"),
     "redis_cluster": ("pyncette.redis", "redis_repository"),
     "dynamodb": ("pyncette.dynamodb", "dynamodb_repository"),
+    "dynamodb_local": ("pyncette.dynamodb", "dynamodb_repository"),
 }
 
 
