@@ -37,6 +37,9 @@ async def drain(
         async with dynamodb_repository(**options) as repository:
             if not isinstance(repository, DynamoDBRepository):
                 raise TypeError(f"expected a DynamoDBRepository, got {repository!r}")
+            # The trace is priced write by write (the batched plans are projected from
+            # it), so the repository sends one item per request even where it could batch.
+            repository.statements = None
             recorder.attach(repository.client)
             yield TracedRepository(repository)
 
