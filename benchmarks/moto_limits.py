@@ -26,7 +26,7 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
-from benchmarks.services import Moto
+from benchmarks.local_servers import Moto
 from pyncette.dynamodb.table import table_definition
 
 PARTITION = "bench"
@@ -133,7 +133,7 @@ def main() -> None:
             first = first or median
             print(f"| {size:,} | {median:.1f} ({median / first:.2f}x) |", flush=True)
     finally:
-        moto.close()
+        moto.stop()
 
 
 if __name__ == "__main__":

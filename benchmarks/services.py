@@ -13,23 +13,19 @@ import contextlib
 import os
 import secrets
 import shutil
-import socket
 import string
-import subprocess
-import sys
 import tempfile
-import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
+from benchmarks.local_servers import DynamoDBLocal, Moto, ServerProcess
 from benchmarks.redis_servers import RedisClusterServers, private_cluster, redis_tools_available
 
 BACKENDS = ("memory", "sqlite", "postgres", "mysql", "redis", "dynamodb")
 """What ``--backend all`` means."""
 CHOICES = (*BACKENDS, "redis_cluster", "dynamodb_local")
 """Every backend ``--backend`` accepts; ``redis_cluster`` and ``dynamodb_local``
-(Amazon's DynamoDB Local, see tests/dynamodb_local.py; needs java) only when named."""
+(Amazon's DynamoDB Local, see local_servers.py; needs java) only when named."""
 SHARED = ("sqlite", "postgres", "mysql", "redis", "redis_cluster", "dynamodb", "dynamodb_local")
 DYNAMODB = ("dynamodb", "dynamodb_local")
 """Backends whose store several processes can share (scale-out)."""
@@ -64,58 +60,19 @@ def unique_name(prefix: str = "bench") -> str:
     return f"{prefix}_" + "".join(secrets.choice(string.ascii_lowercase) for _ in range(10))
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class Moto:
-    """A moto DynamoDB server on a free loopback port, for the lifetime of one command."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.endpoint = f"http://127.0.0.1:{self.port}"
-        exe = Path(sys.executable).with_name("moto_server")
-        self.process = subprocess.Popen(
-            [str(exe), "-H", "127.0.0.1", "-p", str(self.port)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                    break
-            except OSError:
-                if time.monotonic() > deadline or self.process.poll() is not None:
-                    self.close()
-                    raise RuntimeError("moto_server did not start") from None
-                time.sleep(0.2)
-
-    def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
 class Services:
     """Hands out fresh stores; owns the moto server and the Redis Cluster if one was
     needed."""
 
     def __init__(self) -> None:
         self._moto: Moto | None = None
-        self._local: Any = None  # tests/dynamodb_local.py's DynamoDBLocal
+        self._local: DynamoDBLocal | None = None
         self._cluster: RedisClusterServers | None = None
         self._stack = contextlib.ExitStack()
 
     def close(self) -> None:
         if self._moto is not None:
-            self._moto.close()
+            self._moto.stop()
             self._moto = None
         if self._local is not None:
             self._local.stop()
@@ -142,19 +99,16 @@ class Services:
             self._moto = Moto()
         return self._moto
 
-    def dynamodb_local(self) -> Any:
-        """DynamoDB Local (``tests/dynamodb_local.py``), started on first use."""
+    def dynamodb_local(self) -> DynamoDBLocal:
+        """DynamoDB Local (``local_servers.py``), started on first use."""
         if self._local is None:
-            sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-            from dynamodb_local import DynamoDBLocal
-
             self._local = DynamoDBLocal()
             print(f"(dynamodb_local: DynamoDB Local on {self._local.endpoint})", flush=True)
         return self._local
 
     def dynamodb_pid(self, backend: str) -> int:
         """The process id of ``backend``'s DynamoDB server."""
-        server = self.moto() if backend == "dynamodb" else self.dynamodb_local()
+        server: ServerProcess = self.moto() if backend == "dynamodb" else self.dynamodb_local()
         return int(server.process.pid)
 
     @contextlib.contextmanager
@@ -218,7 +172,7 @@ class Services:
                 for node in cluster.nodes:
                     asyncio.run(_redis_cleanup(namespace, node.url))
         elif backend in DYNAMODB:
-            server = self.moto() if backend == "dynamodb" else self.dynamodb_local()
+            server: ServerProcess = self.moto() if backend == "dynamodb" else self.dynamodb_local()
             table = unique_name()
             try:
                 yield {

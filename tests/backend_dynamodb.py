@@ -1,6 +1,6 @@
 """DynamoDB backends: ``dynamodb``, moto's DynamoDB server over real HTTP on a loopback
 port, in a process of its own started once per session and stopped at its end; and
-``dynamodb_local``, Amazon's DynamoDB Local (see ``dynamodb_local.py``), the one of the
+``dynamodb_local``, Amazon's DynamoDB Local (see ``benchmarks/local_servers.py``), the one of the
 two that runs the PartiQL batches the backend sends when a server takes them (on moto
 it writes one item per request).
 
@@ -19,7 +19,8 @@ from __future__ import annotations
 import socket
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 import boto3
@@ -27,7 +28,8 @@ import botocore.exceptions
 import pytest
 
 from backends import BACKENDS, BackendConfig, BackendInfo, require_service
-from pyncette.dynamodb import dynamodb_repository
+from benchmarks.local_servers import DynamoDBLocal, dynamodb_local_missing
+from pyncette.dynamodb import DynamoDBRepository, dynamodb_repository
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -168,9 +170,7 @@ def dynamodb_server() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def dynamodb_local_server() -> Iterator[str]:
     """The endpoint URL of the session's DynamoDB Local."""
-    from dynamodb_local import DynamoDBLocal, missing
-
-    problem = missing()
+    problem = dynamodb_local_missing()
     require_service("dynamodb-local", problem is None, problem or "")
     server = DynamoDBLocal()
     try:
@@ -179,21 +179,36 @@ def dynamodb_local_server() -> Iterator[str]:
         server.stop()
 
 
+def table_options(endpoint: str, table: str, **extra: Any) -> dict[str, Any]:
+    """The repository options for ``table`` on the test server at ``endpoint``."""
+    return {
+        "dynamodb_endpoint": endpoint,
+        "dynamodb_region_name": REGION,
+        "dynamodb_table_name": table,
+        **extra,
+    }
+
+
+@asynccontextmanager
+async def open_repo(endpoint: str, table: str, **extra: Any) -> AsyncIterator[DynamoDBRepository]:
+    async with dynamodb_repository(**table_options(endpoint, table, **extra)) as repository:
+        assert isinstance(repository, DynamoDBRepository)
+        yield repository
+
+
+def fresh_table(endpoint: str) -> Iterator[str]:
+    """A table name for one test (the repository creates the table); dropped after it."""
+    table = unique_table()
+    yield table
+    delete_table(endpoint, table)
+
+
 def _table_backend(
     name: str, endpoint: str, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[BackendConfig]:
     isolate_aws_env(monkeypatch)
-    table = unique_table()
-    yield BackendConfig(
-        name,
-        dynamodb_repository,
-        {
-            "dynamodb_endpoint": endpoint,
-            "dynamodb_region_name": REGION,
-            "dynamodb_table_name": table,
-        },
-    )
-    delete_table(endpoint, table)
+    for table in fresh_table(endpoint):
+        yield BackendConfig(name, dynamodb_repository, table_options(endpoint, table))
 
 
 @pytest.fixture

@@ -50,6 +50,7 @@ from backend_sql import (
     postgres_url,
 )
 from backends import port_open
+from benchmarks.local_servers import DynamoDBLocal, dynamodb_local_missing
 from chaos._storm_helpers import AWS_TEST_ENV
 
 REDIS_URL = backend_redis.REDIS_URL or backend_redis.LOCAL_URL
@@ -396,6 +397,8 @@ def check_available(backend: str, scenario: str) -> None:
             raise Unavailable(f"Redis at {REDIS_URL} is not reachable")
     if backend == "redis_cluster" and not (REDIS_SERVER and REDIS_CLI):
         raise Unavailable("redis-server / redis-cli not found")
+    if backend == "dynamodb_local" and (problem := dynamodb_local_missing()) is not None:
+        raise Unavailable(problem)
 
 
 # -- provisioning ---------------------------------------------------------------------------
@@ -478,29 +481,19 @@ def shared_store(backend: str, directory: Path) -> Iterator[Store]:
     elif backend == "redis_cluster":
         with private_cluster() as cluster:
             yield Store(backend, {"redis_url": cluster.url, "redis_namespace": unique_namespace()})
-    elif backend == "dynamodb":
-        moto = MotoServer(child_env(**AWS_ENV))
+    elif backend in ("dynamodb", "dynamodb_local"):
+        # moto writes one item per request; DynamoDB Local takes PartiQL batches
+        server: MotoServer | DynamoDBLocal = (
+            MotoServer(child_env(**AWS_ENV)) if backend == "dynamodb" else DynamoDBLocal()
+        )
         try:
             options = {
-                "dynamodb_endpoint": moto.endpoint,
+                "dynamodb_endpoint": server.endpoint,
                 "dynamodb_region_name": "us-east-1",
                 "dynamodb_table_name": unique_table(),
             }
-            yield Store(backend, options, ("127.0.0.1", moto.port), env=dict(AWS_ENV))
+            yield Store(backend, options, ("127.0.0.1", server.port), env=dict(AWS_ENV))
         finally:
-            moto.stop()
-    elif backend == "dynamodb_local":  # PartiQL batches (moto: one item per request)
-        from dynamodb_local import DynamoDBLocal
-
-        local = DynamoDBLocal()
-        try:
-            options = {
-                "dynamodb_endpoint": local.endpoint,
-                "dynamodb_region_name": "us-east-1",
-                "dynamodb_table_name": unique_table(),
-            }
-            yield Store(backend, options, ("127.0.0.1", local.port), env=dict(AWS_ENV))
-        finally:
-            local.stop()
+            server.stop()
     else:
         raise ValueError(f"unknown backend {backend!r}")

@@ -9,8 +9,7 @@ import json
 import logging
 import re
 import socket
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from typing import Any, cast
 
 import pytest
@@ -18,11 +17,12 @@ from botocore.awsrequest import AWSResponse
 
 from backend_dynamodb import (
     REGION,
-    delete_table,
+    fresh_table,
     isolate_aws_env,
     moto_client,
-    unique_table,
+    open_repo,
 )
+from backend_dynamodb import table_options as options
 from pyncette.dynamodb import (
     DynamoDBRepository,
     DynamoDBTableError,
@@ -83,25 +83,7 @@ def endpoint(dynamodb_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
 
 @pytest.fixture
 def table(endpoint: str) -> Iterator[str]:
-    name = unique_table()
-    yield name
-    delete_table(endpoint, name)
-
-
-def options(endpoint: str, table: str, **extra: Any) -> dict[str, Any]:
-    return {
-        "dynamodb_endpoint": endpoint,
-        "dynamodb_region_name": REGION,
-        "dynamodb_table_name": table,
-        **extra,
-    }
-
-
-@asynccontextmanager
-async def open_repo(endpoint: str, table: str, **extra: Any) -> AsyncIterator[DynamoDBRepository]:
-    async with dynamodb_repository(**options(endpoint, table, **extra)) as repository:
-        assert isinstance(repository, DynamoDBRepository)
-        yield repository
+    yield from fresh_table(endpoint)
 
 
 def described(endpoint: str, table: str) -> dict[str, Any]:

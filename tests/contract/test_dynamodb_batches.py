@@ -7,15 +7,21 @@ from __future__ import annotations
 import datetime
 import json
 import logging
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from botocore.awsrequest import AWSResponse
 
-from backend_dynamodb import REGION, delete_table, isolate_aws_env, moto_client, unique_table
-from pyncette.dynamodb import DynamoDBRepository, dynamodb_repository
+from backend_dynamodb import (
+    delete_table,
+    fresh_table,
+    isolate_aws_env,
+    moto_client,
+    open_repo,
+    unique_table,
+)
+from pyncette.dynamodb import DynamoDBRepository
 from pyncette.errors import BackendUnavailableError
 from pyncette.repository import Commit, History
 from pyncette.retry import Backoff
@@ -34,18 +40,7 @@ def endpoint(dynamodb_local_server: str, monkeypatch: pytest.MonkeyPatch) -> str
 
 @pytest.fixture
 def table(endpoint: str) -> Iterator[str]:
-    name = unique_table()
-    yield name
-    delete_table(endpoint, name)
-
-
-@asynccontextmanager
-async def open_repo(endpoint: str, table: str) -> AsyncIterator[DynamoDBRepository]:
-    async with dynamodb_repository(
-        dynamodb_endpoint=endpoint, dynamodb_region_name=REGION, dynamodb_table_name=table
-    ) as repository:
-        assert isinstance(repository, DynamoDBRepository)
-        yield repository
+    yield from fresh_table(endpoint)
 
 
 def record_calls(repo: DynamoDBRepository) -> list[str]:

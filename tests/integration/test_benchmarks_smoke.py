@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-import dynamodb_local
 from backends import require_service
+from benchmarks.local_servers import dynamodb_local_missing
 from benchmarks.redis_servers import redis_tools_available
 from support import ROOT
 
@@ -150,7 +150,7 @@ def test_drain_on_dynamodb_local_sends_partiql_batches(tmp_path: Path) -> None:
     """``--backend dynamodb_local`` starts its own DynamoDB Local; the drain and the
     plain-driver ceiling both send the claims and commits 25 to a request (a query per
     100 and eight batches: 0.09 requests per execution, not 2)."""
-    problem = dynamodb_local.missing()
+    problem = dynamodb_local_missing()
     require_service("dynamodb-local", problem is None, problem or "")
     results = tmp_path / "results.jsonl"
     arguments = ["drain", "--backend", "dynamodb_local", "-n", "200", "--json", str(results)]
