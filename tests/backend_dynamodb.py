@@ -172,7 +172,7 @@ def dynamodb_local_server() -> Iterator[str]:
     """The endpoint URL of the session's DynamoDB Local."""
     problem = dynamodb_local_missing()
     require_service("dynamodb-local", problem is None, problem or "")
-    server = DynamoDBLocal()
+    server = DynamoDBLocal(quick_start=True)
     try:
         yield server.endpoint
     finally:

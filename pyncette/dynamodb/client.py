@@ -15,7 +15,7 @@ from :mod:`pyncette.retry` and waits with :func:`pyncette.clock.real_sleep`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
@@ -217,3 +217,26 @@ def _is_throttled(exc: bex.ClientError) -> bool:
     code = exc.response.get("Error", {}).get("Code", "")
     status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
     return code in THROTTLED or code in TRANSIENT or status >= 500
+
+
+async def gather(calls: Sequence[Awaitable[T]]) -> list[T]:
+    """Await ``calls`` concurrently; results in order. Every call runs to its end even if
+    another fails (a write in flight cannot be taken back); then the first error is
+    raised."""
+    if len(calls) == 1:
+        return [await calls[0]]
+    results: list[Any] = [None] * len(calls)
+    errors: list[Exception] = []
+
+    async def run(index: int, call: Awaitable[T]) -> None:
+        try:
+            results[index] = await call
+        except Exception as exc:
+            errors.append(exc)
+
+    async with anyio.create_task_group() as tasks:
+        for index, call in enumerate(calls):
+            tasks.start_soon(run, index, call)
+    if errors:
+        raise errors[0]
+    return results

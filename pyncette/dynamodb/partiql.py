@@ -20,11 +20,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import anyio
 import botocore.exceptions as bex
 
 from pyncette.clock import real_sleep
-from pyncette.dynamodb.client import Caller
+from pyncette.dynamodb.client import Caller, gather
 from pyncette.dynamodb.items import (
     DUE_AT,
     LOCKED_BY,
@@ -200,41 +199,26 @@ class Statements:
         """Each statement's error code (``None`` for applied), in order."""
         call = caller or self.caller
         codes: list[str | None] = [None] * len(statements)
-        failures: list[BaseException] = []
 
         async def send(chunk: list[int]) -> None:
             requests = [statements[i].request for i in chunk]
-            try:
-                response = await call(
-                    lambda: self.client.batch_execute_statement(
-                        Statements=requests  # type: ignore[arg-type]
-                    )
+            response = await call(
+                lambda: self.client.batch_execute_statement(
+                    Statements=requests  # type: ignore[arg-type]
                 )
-            except Exception as exc:  # the others still run to their end
-                failures.append(exc)
-                return
+            )
             answers = response.get("Responses", [])
             if len(answers) != len(chunk):
-                failures.append(
-                    BackendUnavailableError(
-                        f"DynamoDB {self.caller.where}: {len(answers)} answers to "
-                        f"{len(chunk)} batched statements"
-                    )
+                raise BackendUnavailableError(
+                    f"DynamoDB {self.caller.where}: {len(answers)} answers to "
+                    f"{len(chunk)} batched statements"
                 )
-                return
             for index, answer in zip(chunk, answers, strict=True):
                 if "Error" in answer:
                     codes[index] = answer["Error"].get("Code", "")
 
         for wave in _waves([statement.key for statement in statements]):
-            if len(wave) == 1:
-                await send(wave[0])
-            else:
-                async with anyio.create_task_group() as tasks:
-                    for chunk in wave:
-                        tasks.start_soon(send, chunk)
-            if failures:
-                raise failures[0]
+            await gather([send(chunk) for chunk in wave])
         return codes
 
 

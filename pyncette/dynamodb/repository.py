@@ -7,12 +7,10 @@ import functools
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
-import anyio
-
-from pyncette.dynamodb.client import Caller, ConditionFailed
+from pyncette.dynamodb.client import Caller, ConditionFailed, gather
 from pyncette.dynamodb.history import Entry, HistoryStore, expiry, history_partition, next_run
 from pyncette.dynamodb.items import (
     DUE_AT,
@@ -54,7 +52,6 @@ from pyncette.timeutil import to_epoch_us
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
-T = TypeVar("T")
 logger = logging.getLogger(__name__)
 MAX_ROW_BYTES = 190_000
 """Name and spec of one row at most. DynamoDB's 400 KB limit counts an item in the table
@@ -126,28 +123,6 @@ class DynamoDBRepository(Repository):
     def _partition(self, group: str) -> str:
         return partition(self.prefix, group)
 
-    async def _gather(self, calls: Sequence[Awaitable[T]]) -> list[T]:
-        """Await ``calls`` concurrently; results in order. Every call runs to its end even
-        if another fails (a write in flight cannot be taken back); then the first error
-        is raised."""
-        if len(calls) == 1:
-            return [await calls[0]]
-        results: list[Any] = [None] * len(calls)
-        errors: list[Exception] = []
-
-        async def run(index: int, call: Awaitable[T]) -> None:
-            try:
-                results[index] = await call
-            except Exception as exc:
-                errors.append(exc)
-
-        async with anyio.create_task_group() as tasks:
-            for index, call in enumerate(calls):
-                tasks.start_soon(run, index, call)
-        if errors:
-            raise errors[0]
-        return results
-
     # -- claims -------------------------------------------------------------------------
 
     async def claim(
@@ -204,9 +179,7 @@ class DynamoDBRepository(Repository):
     ) -> list[Record]:
         """Lock those of ``items`` that are due and unchanged since the query."""
         if self.statements is None:
-            locked = await self._gather(
-                [self._lock(partition_id, item, now, lease) for item in items]
-            )
+            locked = await gather([self._lock(partition_id, item, now, lease) for item in items])
             return [record for record in locked if record is not None]
         rows = [row for row in map(self._row, items) if row is not None and row.due_at <= now]
         if not rows:
@@ -286,13 +259,13 @@ class DynamoDBRepository(Repository):
             lost.update(i for i, ok in zip(batched, applied, strict=True) if not ok)
 
         async def send_single() -> None:
-            results = await self._gather([self._commit(group, commits[i], now) for i in single])
+            results = await gather([self._commit(group, commits[i], now) for i in single])
             entries = [entry for _, entry in results if entry is not None]
             if entries:
                 await self._history.append(entries)
             lost.update(i for i, (ok, _) in zip(single, results, strict=True) if not ok)
 
-        await self._gather(
+        await gather(
             [send() for send, part in ((send_batched, batched), (send_single, single)) if part]
         )
         return [commit.name for i, commit in enumerate(commits) if i in lost]
@@ -491,7 +464,7 @@ class DynamoDBRepository(Repository):
         # Rows are written concurrently, so a name given twice is folded into one write
         # first: the later registration, keeping the sooner run unless forced.
         batch = fold_registrations(registrations, force=force)
-        untouched = await self._gather([self._register(partition_id, r, now, force) for r in batch])
+        untouched = await gather([self._register(partition_id, r, now, force) for r in batch])
         skipped = {r.name for r, left in zip(batch, untouched, strict=True) if left}
         return [r.name for r in registrations if r.name in skipped]
 

@@ -484,7 +484,9 @@ def shared_store(backend: str, directory: Path) -> Iterator[Store]:
     elif backend in ("dynamodb", "dynamodb_local"):
         # moto writes one item per request; DynamoDB Local takes PartiQL batches
         server: MotoServer | DynamoDBLocal = (
-            MotoServer(child_env(**AWS_ENV)) if backend == "dynamodb" else DynamoDBLocal()
+            MotoServer(child_env(**AWS_ENV))
+            if backend == "dynamodb"
+            else DynamoDBLocal(quick_start=True)
         )
         try:
             options = {
