@@ -196,6 +196,17 @@ async def open_repo(endpoint: str, table: str, **extra: Any) -> AsyncIterator[Dy
         yield repository
 
 
+def record_calls(repo: DynamoDBRepository) -> list[str]:
+    """The operation names the repository's client sends from now on, in order."""
+    sent: list[str] = []
+
+    def note(model: Any, **kwargs: Any) -> None:
+        sent.append(model.name)
+
+    repo.client.meta.events.register("before-call.dynamodb", note)
+    return sent
+
+
 def fresh_table(endpoint: str) -> Iterator[str]:
     """A table name for one test (the repository creates the table); dropped after it."""
     table = unique_table()

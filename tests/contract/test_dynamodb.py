@@ -21,6 +21,7 @@ from backend_dynamodb import (
     isolate_aws_env,
     moto_client,
     open_repo,
+    record_calls,
 )
 from backend_dynamodb import table_options as options
 from pyncette.dynamodb import (
@@ -622,12 +623,7 @@ async def test_history_writes_are_batched_after_the_commits(endpoint: str, table
         names = [f"r{i:02d}" for i in range(30)]
         await repo.register("g", [reg(name, T0) for name in names], now=T0, force=False)
         await repo.claim("g", now=T0, limit=30, lease=A)
-        sent: list[str] = []
-
-        def note(model: Any, **kwargs: Any) -> None:
-            sent.append(model.name)
-
-        repo.client.meta.events.register("before-call.dynamodb", note)
+        sent = record_calls(repo)
         commits = [Commit(name, A, T0 + S, f"o{name}", KEEP3) for name in names]
         commits[-1] = Commit(names[-1], B, T0 + S, "refused", KEEP3)
         assert await repo.commit("g", commits, now=T0) == [names[-1]]

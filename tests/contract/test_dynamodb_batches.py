@@ -19,6 +19,7 @@ from backend_dynamodb import (
     isolate_aws_env,
     moto_client,
     open_repo,
+    record_calls,
     unique_table,
 )
 from pyncette.dynamodb import DynamoDBRepository
@@ -41,17 +42,6 @@ def endpoint(dynamodb_local_server: str, monkeypatch: pytest.MonkeyPatch) -> str
 @pytest.fixture
 def table(endpoint: str) -> Iterator[str]:
     yield from fresh_table(endpoint)
-
-
-def record_calls(repo: DynamoDBRepository) -> list[str]:
-    """The operation names the repository's client sends from now on, in order."""
-    sent: list[str] = []
-
-    def note(model: Any, **kwargs: Any) -> None:
-        sent.append(model.name)
-
-    repo.client.meta.events.register("before-call.dynamodb", note)
-    return sent
 
 
 def answer_batches(repo: DynamoDBRepository, code: str, times: int) -> list[int]:
