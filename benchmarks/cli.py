@@ -167,7 +167,7 @@ def base_config(args: argparse.Namespace, backend: str, python: str) -> dict[str
 def with_server_pid(services: Services, backend: str, config: dict[str, Any]) -> dict[str, Any]:
     """The DynamoDB server's pid, for DynamoDB runs that measure server CPU."""
     if backend in DYNAMODB and config.get("server_cpu"):
-        config["server_pid"] = services.dynamodb_pid(backend)
+        config["server_pid"] = services.dynamodb_server(backend).process.pid
     return config
 
 

@@ -106,10 +106,9 @@ class Services:
             print(f"(dynamodb_local: DynamoDB Local on {self._local.endpoint})", flush=True)
         return self._local
 
-    def dynamodb_pid(self, backend: str) -> int:
-        """The process id of ``backend``'s DynamoDB server."""
-        server: ServerProcess = self.moto() if backend == "dynamodb" else self.dynamodb_local()
-        return int(server.process.pid)
+    def dynamodb_server(self, backend: str) -> ServerProcess:
+        """``dynamodb``: moto; ``dynamodb_local``: DynamoDB Local."""
+        return self.moto() if backend == "dynamodb" else self.dynamodb_local()
 
     @contextlib.contextmanager
     def store(self, backend: str, flavour: str = "ours") -> Iterator[dict[str, Any]]:
@@ -172,7 +171,7 @@ class Services:
                 for node in cluster.nodes:
                     asyncio.run(_redis_cleanup(namespace, node.url))
         elif backend in DYNAMODB:
-            server: ServerProcess = self.moto() if backend == "dynamodb" else self.dynamodb_local()
+            server = self.dynamodb_server(backend)
             table = unique_name()
             try:
                 yield {
