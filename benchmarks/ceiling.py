@@ -16,9 +16,9 @@ Requests per batch, by backend (counted below as ``requests``):
 * MariaDB (asyncmy, ``READ COMMITTED``): ``SELECT … FOR UPDATE SKIP LOCKED``, ``UPDATE
   … WHERE name IN (…)``, ``COMMIT``; then ``DELETE … WHERE (name, locked_by) IN (…)``,
   ``COMMIT`` -- 5;
-* SQLite (the ``sqlite3`` module itself, WAL, ``synchronous = NORMAL``): ``BEGIN
-  IMMEDIATE``, ``SELECT``, ``UPDATE``, ``COMMIT``, then ``DELETE … RETURNING`` -- 5 calls,
-  no server;
+* SQLite (the ``sqlite3`` module itself, WAL, ``synchronous = NORMAL``): ``UPDATE …
+  WHERE name IN (SELECT … ORDER BY due_at LIMIT n) RETURNING``, then ``DELETE …
+  RETURNING``, each autocommitted -- 2 calls, no server;
 * Redis (redis-py): ``EVALSHA`` of pyncette's own ``claim.lua`` and ``commit.lua``
   (read from ``pyncette/redis/``, with ``row.lua`` prepended as pyncette does) -- 2;
   on Redis Cluster the same through redis-py's ``RedisCluster`` client, which loads the
@@ -189,30 +189,24 @@ def sqlite(config: dict[str, Any]) -> dict[str, Any]:
         connection.execute("PRAGMA journal_mode = WAL")
         connection.execute("PRAGMA synchronous = NORMAL")
         (group,) = connection.execute(f"SELECT min(task_group) FROM {table}").fetchone()  # noqa: S608
-        scan = (
-            f"SELECT name, spec, scheduled_at, due_at, lease_duration_us FROM {table} "  # noqa: S608
-            "WHERE task_group = ? AND due_at <= ? ORDER BY due_at LIMIT ?"
+        claim = (
+            f"UPDATE {table} SET locked_by = ?, due_at = ? + lease_duration_us "  # noqa: S608
+            f"WHERE task_group = ? AND name IN (SELECT name FROM {table} "
+            "WHERE task_group = ? AND due_at <= ? ORDER BY due_at LIMIT ?) "
+            "RETURNING name, spec, scheduled_at, due_at"
         )
         executions = requests = 0
         started = time.perf_counter()
         while True:
             token = lease()
             now = epoch_us(datetime.datetime.now(UTC))
-            connection.execute("BEGIN IMMEDIATE")
-            rows = connection.execute(scan, (group, now, config["batch_size"])).fetchall()
-            requests += 2
+            rows = connection.execute(
+                claim, (token, now, group, group, now, config["batch_size"])
+            ).fetchall()
+            requests += 1
             if not rows:
-                connection.execute("COMMIT")
-                requests += 1
                 break
             names = [row[0] for row in rows]
-            marks = ", ".join("?" * len(names))
-            connection.execute(
-                f"UPDATE {table} SET locked_by = ?, due_at = ? + lease_duration_us "  # noqa: S608
-                f"WHERE task_group = ? AND name IN ({marks})",
-                (token, now, group, *names),
-            )
-            connection.execute("COMMIT")
             pairs = ", ".join(["(?, ?)"] * len(names))
             params: list[Any] = [group]
             for name in names:
@@ -223,7 +217,7 @@ def sqlite(config: dict[str, Any]) -> dict[str, Any]:
                 params,
             ).fetchall()
             executions += len(done)
-            requests += 3
+            requests += 1
         return finish(executions, requests, started)
     finally:
         connection.close()

@@ -64,9 +64,12 @@ class SqlRepository(Repository):
 
     * claim: on PostgreSQL one statement, ``WITH picked AS (SELECT … ORDER BY due_at
       LIMIT n FOR UPDATE SKIP LOCKED), claimed AS (UPDATE … RETURNING)``, which also
-      returns ``next_due_at`` when fewer than ``n`` rows were due; elsewhere ``SELECT …
-      FOR UPDATE [SKIP LOCKED]`` then ``UPDATE … WHERE name IN (…)`` in one
-      transaction (SQLite's ``BEGIN IMMEDIATE`` stands in for row locks). Then an
+      returns ``next_due_at`` when fewer than ``n`` rows were due; on SQLite one
+      autocommitted ``UPDATE … WHERE name IN (SELECT … ORDER BY due_at LIMIT n)
+      RETURNING`` (a statement holds the file's write lock while it runs), after an
+      unlocked look at ``MIN(due_at)`` unless the group's last claim was full; on MySQL
+      ``SELECT … FOR UPDATE [SKIP LOCKED]`` then ``UPDATE … WHERE name IN (…)`` in one
+      transaction (also SQLite's way before 3.35, in ``BEGIN IMMEDIATE``). Then an
       index-only ``MIN(due_at)`` gives ``next_due_at``, unless the claim was full (the
       core claims again at once).
     * commit: on PostgreSQL one ``UPDATE … FROM unnest(:names, :leases, :at)`` plus
@@ -227,6 +230,15 @@ class SqlRepository(Repository):
                 hints.append(rows[len(due)][3])
             return ClaimResult(records, at(min(hints)) if hints else None)
 
+        async def returning(conn: AsyncConnection) -> ClaimResult:
+            rows = (await conn.execute(sql.claim_returning, params)).all()
+            rows.sort(key=_scheduled_then_name)
+            at = batch_instants()
+            records = [Record(r[0], r[1], at(r[2]), at(r[3]), lease) for r in rows]
+            # a full batch makes the core claim again at once; it ignores the hint
+            hint = None if len(records) >= limit else await _scalar(conn, sql.next_due, params)
+            return ClaimResult(records, hint)
+
         if self._caps.one_statement_claim:
             return await self._run(one_statement, atomic=False)
         if self._caps.row_locks:
@@ -237,7 +249,10 @@ class SqlRepository(Repository):
             first = await self._run(lambda conn: _scalar(conn, sql.next_due, params), atomic=False)
             if first is None or first > now:
                 return ClaimResult([], first)
-        taken = await self._run(scan, atomic=True)
+        if self._caps.returning:
+            taken = await self._run(returning, atomic=False)
+        else:
+            taken = await self._run(scan, atomic=True)
         if len(taken.records) >= limit:
             self._full.add(group)
         else:
@@ -610,6 +625,10 @@ def _history_arrays(commits: Sequence[Commit], now: datetime.datetime) -> dict[s
         keeps.append(None if history is None else history.keep)
         expires.append(None if history is None else to_epoch_us(_expiry(now, history.retention)))
     return {"outcomes": [item.outcome for item in commits], "keeps": keeps, "expires": expires}
+
+
+def _scheduled_then_name(row: Any) -> tuple[int, str]:
+    return row[2], row[0]
 
 
 def _owned(group: str, commits: Sequence[Commit]) -> dict[str, Any]:

@@ -155,6 +155,18 @@ class Statements:
             .where(self._in_group, self._names)
             .values(locked_by=lease, due_at=now + c.lease_duration_us)
         )
+        # claim, SQLite with RETURNING: one statement, run without BEGIN (a statement is
+        # atomic under SQLite's write lock), takes the first ``limit`` due rows and returns
+        # them as updated, ``due_at`` being the new lease expiry
+        first_due = (
+            select(c.name).where(self._in_group, c.due_at <= now).order_by(c.due_at).limit(limit)
+        )
+        self.claim_returning: ReturningUpdate[Any] = (
+            update(table)
+            .where(self._in_group, c.name.in_(first_due.scalar_subquery()))
+            .values(locked_by=lease, due_at=now + c.lease_duration_us)
+            .returning(c.name, c.spec, raw(c.scheduled_at), raw(c.due_at))
+        )
         self.next_due: Select[Any] = select(func.min(c.due_at)).where(self._in_group)
         """The group's next claimable time (SQLite's unlocked look before a claim)."""
 

@@ -4,6 +4,7 @@ and the event loop never waits for the file."""
 from __future__ import annotations
 
 import asyncio
+import datetime
 import sqlite3
 import time
 from collections.abc import AsyncIterator
@@ -48,8 +49,9 @@ async def test_a_claim_and_a_commit_of_a_batch_hand_off_once_per_statement(
     hand_offs.clear()
     claimed = await repo.claim("g", now=T0, limit=100, lease=A)
     assert len(claimed.records) == 100
-    # look without the lock, BEGIN IMMEDIATE, scan, update, COMMIT
-    assert hand_offs == ["_execute_and_fetch"] * 4 + ["commit"]
+    # look without the lock, then one UPDATE … RETURNING, autocommitted; the batch was
+    # full, so no look for the next due time
+    assert hand_offs == ["_execute_and_fetch"] * 2
     hand_offs.clear()
     lost = await repo.commit("g", [Commit(name, A, None) for name in names], now=T0)
     assert lost == []
@@ -62,14 +64,36 @@ async def test_after_a_full_batch_a_claim_takes_the_lock_without_looking_first(
     await repo.register("g", [reg(f"i{i}", T0) for i in range(150)], now=T0, force=False)
     assert len((await repo.claim("g", now=T0, limit=100, lease=A)).records) == 100
     hand_offs.clear()
-    # BEGIN IMMEDIATE, scan, update, COMMIT: no look, the last batch was full
-    assert len((await repo.claim("g", now=T0, limit=100, lease=A)).records) == 50
-    assert hand_offs == ["_execute_and_fetch"] * 3 + ["commit"]
+    # no look, the last batch was full: UPDATE … RETURNING, then (it came back short) the
+    # group's next due time
+    short = await repo.claim("g", now=T0, limit=100, lease=A)
+    assert len(short.records) == 50
+    assert short.next_due_at == short.records[0].locked_until
+    assert hand_offs == ["_execute_and_fetch"] * 2
     hand_offs.clear()
     # that one was short: the next claim looks first, finds nothing due, takes no lock
     empty = await repo.claim("g", now=T0, limit=100, lease=A)
     assert empty.records == []
     assert hand_offs == ["_execute_and_fetch"]
+
+
+async def test_a_one_statement_claim_takes_the_earliest_due_rows_in_scheduled_order(
+    repo: Repository,
+) -> None:
+    due = {f"i{i}": T0 - datetime.timedelta(seconds=i) for i in range(10)}
+    later = {"late": T0 + datetime.timedelta(hours=1)}
+    await repo.register(
+        "g", [reg(n, at) for n, at in {**due, **later}.items()], now=T0, force=False
+    )
+    first = await repo.claim("g", now=T0, limit=4, lease=A)
+    # the four due longest ago, earliest first
+    assert [r.name for r in first.records] == ["i9", "i8", "i7", "i6"]
+    assert [r.scheduled_at for r in first.records] == [due[r.name] for r in first.records]
+    rest = await repo.claim("g", now=T0, limit=100, lease=A)
+    assert [r.name for r in rest.records] == [f"i{i}" for i in range(5, -1, -1)]
+    # short: the next due time is the sooner of the first lease expiry and "late"
+    expiry = first.records[0].locked_until
+    assert expiry is not None and rest.next_due_at == min(expiry, later["late"])
 
 
 async def test_the_loop_runs_while_a_claim_waits_for_another_writer(
