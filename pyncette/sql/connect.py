@@ -88,6 +88,10 @@ async def open_sql_repository(
         metadata = MetaData()
         table = make_table(metadata, table_name)
         history = make_history_table(metadata, table_name)
-        yield SqlRepository(engine, table, history, caps, where=where)
+        repository = SqlRepository(engine, table, history, caps, where=where)
+        try:
+            yield repository
+        finally:
+            await repository.close()
     finally:
         await engine.dispose()

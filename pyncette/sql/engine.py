@@ -7,6 +7,8 @@ resulting :class:`Capabilities`.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import hashlib
 import logging
@@ -106,6 +108,9 @@ class Capabilities:
     """Lists bind as one JSON array and ``json_each`` reads them back as rows (SQLite
     3.38+, where JSON is built in): a statement naming a batch of rows is compiled once,
     not rendered again with one placeholder per name at every execution."""
+    held_connection: bool = False
+    """Statements that run on their own go through one connection the repository keeps
+    (:class:`HeldConnection`; SQLite) instead of the pool."""
     delete_subquery: bool = True
     """``DELETE … WHERE id IN (SELECT … FROM the same table …)`` looks up the few ids
     selected. MySQL/MariaDB refuse a subquery on the table being deleted from, or run it
@@ -153,6 +158,7 @@ def detect_capabilities(dialect: Dialect) -> Capabilities:
             "immediate",
             {_NO_BEGIN: True},
             json_params=tuple(dialect.server_version_info or ()) >= (3, 38),
+            held_connection=True,
         )
     raise ValueError(f"Unsupported SQL dialect {dialect.name!r}")
 
@@ -285,11 +291,11 @@ def migration_lock(connection: Connection, table: str, caps: Capabilities) -> It
 
 
 async def retry_dropped(
-    engine: AsyncEngine, operation: Callable[[AsyncConnection], Awaitable[T]]
+    engine: AsyncEngine | HeldConnection, operation: Callable[[AsyncConnection], Awaitable[T]]
 ) -> T:
-    """Run ``operation`` in a transaction of ``engine``; if the connection turns out to
-    be dead (a database restart, a connection the server killed), run it once more
-    (:data:`~pyncette.retry.SQL_RECONNECT_ATTEMPTS`).
+    """Run ``operation`` in a transaction of ``engine`` (or on the held connection); if
+    the connection turns out to be dead (a database restart, a connection the server
+    killed), run it once more (:data:`~pyncette.retry.SQL_RECONNECT_ATTEMPTS`).
 
     SQLAlchemy invalidates the whole pool when it sees a disconnect, so the second run
     gets a fresh connection. A connection dropped *while* a statement ran may have
@@ -298,6 +304,8 @@ async def retry_dropped(
     """
 
     async def in_transaction() -> T:
+        if isinstance(engine, HeldConnection):
+            return await engine.run(operation)
         async with engine.begin() as conn:
             return await operation(conn)
 
@@ -310,6 +318,55 @@ async def retry_dropped(
         retry_if=lambda error, _: bool(getattr(error, "connection_invalidated", False)),
         on_retry=functools.partial(log_retry, logging.INFO, "Database connection was dropped"),
     )
+
+
+class HeldConnection:
+    """One connection kept checked out of ``engine`` for statements that run on their
+    own (no ``BEGIN``/``COMMIT``), used by one caller at a time.
+
+    On SQLite, checking a connection out of SQLAlchemy's pool, beginning and ending its
+    logical transaction and checking it back in cost about as much CPU as the statement
+    itself, and writers take turns on the file anyway; so single statements queue here,
+    in the event loop, instead of in SQLite's busy handler. A connection whose operation
+    failed or was cancelled is invalidated in the background (its statement may still be
+    running in the driver's thread, waiting for another process's lock) and the next
+    caller opens another.
+    """
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._conn: AsyncConnection | None = None
+        self._turn: asyncio.Lock | None = None
+        self._discarding: set[asyncio.Future[None]] = set()
+
+    async def run(self, operation: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        if self._turn is None:
+            self._turn = asyncio.Lock()
+        async with self._turn:
+            conn = self._conn
+            if conn is None:
+                conn = self._conn = await self._engine.connect()
+            try:
+                return await operation(conn)
+            except BaseException:
+                self._conn = None
+                discarding = asyncio.ensure_future(_discard(conn))
+                self._discarding.add(discarding)
+                discarding.add_done_callback(self._discarding.discard)
+                raise
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await conn.close()
+        if self._discarding:
+            await asyncio.wait(self._discarding)
+
+
+async def _discard(conn: AsyncConnection) -> None:
+    with contextlib.suppress(Exception):
+        await conn.invalidate()
+        await conn.close()
 
 
 _CONFLICTS = {1213, "40P01", "40001"}

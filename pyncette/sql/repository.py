@@ -33,6 +33,7 @@ from pyncette.repository import (
 )
 from pyncette.sql.engine import (
     Capabilities,
+    HeldConnection,
     is_conflict,
     log_retry,
     retry_dropped,
@@ -115,7 +116,11 @@ class SqlRepository(Repository):
         where: str,
     ) -> None:
         self._engine = engine
-        self._single = engine.execution_options(**caps.autocommit) if caps.autocommit else engine
+        self._single: AsyncEngine | HeldConnection = (
+            engine.execution_options(**caps.autocommit) if caps.autocommit else engine
+        )
+        if caps.held_connection:
+            self._single = HeldConnection(self._single)
         self._caps = caps
         self._where = where
         self._sql = Statements(table, history, caps)
@@ -148,6 +153,12 @@ class SqlRepository(Repository):
                 retry_if=lambda error, _: is_conflict(error),
                 on_retry=functools.partial(log_retry, logging.DEBUG, "Transaction conflict"),
             )
+
+    async def close(self) -> None:
+        """Give back the connection held for single statements, if any (the pool itself
+        is the engine's, closed by whoever made it)."""
+        if isinstance(self._single, HeldConnection):
+            await self._single.close()
 
     # -- wake-ups (PostgreSQL LISTEN/NOTIFY) ---------------------------------------
 

@@ -12,11 +12,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import event
+from sqlalchemy.pool import QueuePool
 
+from pyncette.model import Lease
 from pyncette.repository import Commit, Repository
+from pyncette.sql.repository import SqlRepository
 from pyncette.sql.sqlite_driver import FusedConnection
 from pyncette.sqlite import sqlite_repository
-from support import T0, A, reg
+from support import T0, A, B, reg
 
 pytestmark = pytest.mark.anyio
 
@@ -122,3 +126,62 @@ async def test_the_loop_runs_while_a_claim_waits_for_another_writer(
     assert [r.name for r in result.records] == ["a"]
     # the loop kept turning while the statement waited: ~50 ticks of 10 ms in 0.5 s
     assert ticks >= 0.5 * (time.monotonic() - started) / 0.01 * 0.5
+
+
+def pool_checkouts(repository: Repository) -> list[int]:
+    """Appends 1 for every connection checked out of ``repository``'s pool."""
+    assert isinstance(repository, SqlRepository)
+    seen: list[int] = []
+    event.listen(repository._engine.sync_engine, "checkout", lambda *_: seen.append(1))
+    return seen
+
+
+async def test_single_statements_share_one_held_connection(repo: Repository) -> None:
+    names = [f"i{i}" for i in range(20)]
+    await repo.register("g", [reg(name, T0) for name in names], now=T0, force=False)
+    await repo.claim("other", now=T0, limit=1, lease=A)  # opens the held connection
+    checkouts = pool_checkouts(repo)
+    # concurrent calls take turns on it: none checks a connection out of the pool
+    claims = await asyncio.gather(
+        *(repo.claim("g", now=T0, limit=1, lease=Lease(f"l{i}")) for i in range(20))
+    )
+    taken = [(r.name, r.locked_by) for c in claims for r in c.records]
+    assert sorted(name for name, _ in taken) == sorted(names)
+    commits = [Commit(name, lease, None) for name, lease in taken if lease is not None]
+    assert await repo.commit("g", commits, now=T0) == []
+    assert checkouts == []
+
+
+async def test_a_cancelled_statement_gives_up_the_held_connection(
+    repo: Repository, tmp_path: Path
+) -> None:
+    await repo.register("g", [reg("a", T0), reg("b", T0)], now=T0, force=False)
+    other = sqlite3.connect(tmp_path / "p.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process's write transaction
+    stuck = asyncio.ensure_future(repo.claim("g", now=T0, limit=1, lease=A))
+    await asyncio.sleep(0.2)
+    checkouts = pool_checkouts(repo)
+    stuck.cancel()
+    # SQLAlchemy closes a connection whose statement was cancelled, which waits for the
+    # statement to end in its thread: let the other writer finish
+    other.execute("COMMIT")
+    other.close()
+    with pytest.raises(asyncio.CancelledError):
+        await stuck
+    # the next call opens a fresh connection and works; the cancelled statement may
+    # still have run in its thread and taken one row, which its lease keeps until expiry
+    later = await repo.claim("g", now=T0, limit=2, lease=B)
+    assert checkouts == [1]
+    assert {r.name for r in later.records} <= {"a", "b"} and later.records
+    lost = await repo.commit("g", [Commit(r.name, B, None) for r in later.records], now=T0)
+    assert lost == []
+
+
+async def test_closing_the_repository_gives_back_the_held_connection(tmp_path: Path) -> None:
+    async with sqlite_repository(sqlite_database=str(tmp_path / "c.db")) as repository:
+        assert isinstance(repository, SqlRepository)
+        await repository.claim("g", now=T0, limit=1, lease=A)
+        pool = repository._engine.pool
+        assert isinstance(pool, QueuePool)
+        assert pool.checkedout() == 1
+    assert pool.checkedout() == 0
