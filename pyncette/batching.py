@@ -8,7 +8,8 @@ never with ``asyncio.sleep``, so they work under virtual-time test harnesses.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+import contextlib
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import TypeVar
 
 from pyncette.clock import yield_to_loop
@@ -27,12 +28,36 @@ def chunks(items: Sequence[T], size: int) -> list[Sequence[T]]:
 
 class CommitBatcher:
     """Collects the commits of executions that finish close together into one call
-    per group; ``send(group, commits)`` must not raise (it handles its own errors)."""
+    per group; ``send(group, commits)`` must not raise (it handles its own errors).
 
-    def __init__(self, send: Callable[[str, list[Commit]], Awaitable[None]]) -> None:
+    Claims go first: while ``claim_due()`` says the loop is about to claim (the room it
+    waited for has just been freed, typically by the executions whose commits these
+    are), and while :meth:`claims_first` is entered around the start of a claim, batches
+    wait. The loop waits for a claim, not for a commit; where the storage runs one
+    request at a time (a Redis server, SQLite's write lock) the commit then runs while
+    the claimed batch starts, instead of ahead of the claim with the loop idle.
+    """
+
+    def __init__(
+        self,
+        send: Callable[[str, list[Commit]], Awaitable[None]],
+        claim_due: Callable[[], bool] = lambda: False,
+    ) -> None:
         self._send = send
+        self._claim_due = claim_due
         self._pending: dict[str, list[Commit]] = {}
         self._flusher: asyncio.Future[None] | None = None
+        self._open = asyncio.Event()
+        self._open.set()
+
+    @contextlib.contextmanager
+    def claims_first(self) -> Iterator[None]:
+        """Hold the batches back for the duration of the block (not nested)."""
+        self._open.clear()
+        try:
+            yield
+        finally:
+            self._open.set()
 
     def submit(self, group: str, commit: Commit) -> None:
         self._pending.setdefault(group, []).append(commit)
@@ -43,6 +68,9 @@ class CommitBatcher:
         try:
             while self._pending:
                 await yield_to_loop()  # let executions finishing in this round join
+                while self._claim_due():
+                    await yield_to_loop()
+                await self._open.wait()
                 batch, self._pending = self._pending, {}
                 for group, commits in batch.items():
                     for chunk in chunks(commits, COMMIT_CHUNK):

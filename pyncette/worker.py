@@ -135,7 +135,8 @@ class Worker:
         self._wake_at: datetime.datetime | None = None
         self._hint: datetime.datetime | None = None
         self._stopping = False
-        self._commits = CommitBatcher(self._commit)
+        self._awaiting_room = False
+        self._commits = CommitBatcher(self._commit, self._claim_due)
         self._background_tasks: set[asyncio.Future[None]] = set()
         self._logged = False
         self._instance = outcome.this_process()
@@ -328,7 +329,11 @@ class Worker:
             if self._stopping:
                 break
             if runner.capacity <= 0:
-                await runner.wait_for_capacity()
+                self._awaiting_room = True
+                try:
+                    await runner.wait_for_capacity()
+                finally:
+                    self._awaiting_room = False
                 if self._stopping:
                     break
                 now = self._clock.now()
@@ -358,6 +363,10 @@ class Worker:
                 wake_at = result.next_due_at
         return wake_at, more, claimed
 
+    def _claim_due(self) -> bool:
+        """Whether the loop is about to claim: it waits for room, and there is some."""
+        return self._awaiting_room and self._runner.capacity > 0
+
     async def _claim(self, group: str, now: datetime.datetime, limit: int) -> ClaimResult | None:
         """Claim from ``group``, giving up after the group's call timeout (a connection
         that stalls must not stop the loop); ``None`` if :meth:`shutdown` came while the
@@ -372,6 +381,10 @@ class Worker:
             )
         )
         try:
+            with self._commits.claims_first():
+                # the call's first step runs up to its first wait (its request sent, or
+                # queued at the repository's connection) before any commit is sent
+                await yield_to_loop()
             await asyncio.wait((call,))
         finally:
             self._claiming = None
