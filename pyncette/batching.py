@@ -19,6 +19,10 @@ T = TypeVar("T")
 
 COMMIT_CHUNK = 500
 """Most commits sent in one repository call."""
+CLAIM_TURNS = 8
+"""Most turns of the event loop a batch of commits waits for a claim about to be made
+(the loop takes one or two to get there; an executor that never says it has room again
+must not hold the commits back)."""
 
 
 def chunks(items: Sequence[T], size: int) -> list[Sequence[T]]:
@@ -68,7 +72,9 @@ class CommitBatcher:
         try:
             while self._pending:
                 await yield_to_loop()  # let executions finishing in this round join
-                while self._claim_due():
+                for _ in range(CLAIM_TURNS):
+                    if not self._claim_due():
+                        break
                     await yield_to_loop()
                 await self._open.wait()
                 batch, self._pending = self._pending, {}

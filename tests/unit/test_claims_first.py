@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from pyncette import Context, Pyncette
-from pyncette.batching import CommitBatcher
+from pyncette.batching import CLAIM_TURNS, CommitBatcher
 from pyncette.clock import yield_to_loop
 from pyncette.memory import InMemoryRepository
 from pyncette.model import Lease
@@ -62,6 +62,14 @@ async def test_commits_wait_while_the_loop_is_about_to_claim() -> None:
     await turns(3)
     assert sent.batches == [["a", "b"]]
     await batcher.drain()
+
+
+async def test_a_claim_that_never_comes_holds_commits_back_a_few_turns_only() -> None:
+    sent = Sent()
+    batcher = CommitBatcher(sent, lambda: True)
+    batcher.submit("g", commit("a"))
+    await turns(CLAIM_TURNS + 3)
+    assert sent.batches == [["a"]]
 
 
 class Recording(InMemoryRepository):
