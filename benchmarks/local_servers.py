@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks.redis_servers import stop_process
+
 DEFAULT_HOME = Path.home() / ".cache" / "pyncette" / "dynamodb-local"
 JAR = "DynamoDBLocal.jar"
 
@@ -53,13 +55,7 @@ class ServerProcess:
                 time.sleep(0.2)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, 10)
 
 
 class Moto(ServerProcess):

@@ -46,6 +46,19 @@ def free_port(*, with_bus: bool = False) -> int:
     raise RuntimeError("no free port found")
 
 
+def stop_process(process: subprocess.Popen[bytes], grace: float) -> None:
+    """Terminate ``process`` if it still runs; kill it if it has not exited after ``grace``
+    seconds."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def die_with_parent() -> None:
     """In the child before exec: have Linux SIGKILL it when its parent dies, so a killed
     test or benchmark run (SIGKILL, or a SIGTERM that skips finalizers) leaves no server."""
@@ -109,12 +122,7 @@ class RedisServer:
 
     def stop(self) -> None:
         if self.process is not None:
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+            stop_process(self.process, 5)
             self.process = None
 
 
