@@ -290,12 +290,28 @@ def migration_lock(connection: Connection, table: str, caps: Capabilities) -> It
         yield
 
 
+class PooledConnections:
+    """Each operation on a connection of ``engine``'s pool, in a transaction of its own
+    (``BEGIN``/``COMMIT``, unless the engine's execution options say otherwise)."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def run(self, operation: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        async with self._engine.begin() as conn:
+            return await operation(conn)
+
+    async def close(self) -> None:
+        """Nothing to give back: the pool is the engine's, closed by whoever made it."""
+
+
 async def retry_dropped(
-    engine: AsyncEngine | HeldConnection, operation: Callable[[AsyncConnection], Awaitable[T]]
+    connections: PooledConnections | HeldConnection,
+    operation: Callable[[AsyncConnection], Awaitable[T]],
 ) -> T:
-    """Run ``operation`` in a transaction of ``engine`` (or on the held connection); if
-    the connection turns out to be dead (a database restart, a connection the server
-    killed), run it once more (:data:`~pyncette.retry.SQL_RECONNECT_ATTEMPTS`).
+    """Run ``operation`` on ``connections``; if the connection turns out to be dead (a
+    database restart, a connection the server killed), run it once more
+    (:data:`~pyncette.retry.SQL_RECONNECT_ATTEMPTS`).
 
     SQLAlchemy invalidates the whole pool when it sees a disconnect, so the second run
     gets a fresh connection. A connection dropped *while* a statement ran may have
@@ -303,14 +319,8 @@ async def retry_dropped(
     reports them as not claimed / lease lost, which the core handles.
     """
 
-    async def in_transaction() -> T:
-        if isinstance(engine, HeldConnection):
-            return await engine.run(operation)
-        async with engine.begin() as conn:
-            return await operation(conn)
-
     return await retry.retry(
-        in_transaction,
+        functools.partial(connections.run, operation),
         policy=retry.RECONNECT,
         attempts=retry.SQL_RECONNECT_ATTEMPTS,
         sleep=real_sleep,

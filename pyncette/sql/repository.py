@@ -34,6 +34,7 @@ from pyncette.repository import (
 from pyncette.sql.engine import (
     Capabilities,
     HeldConnection,
+    PooledConnections,
     is_conflict,
     log_retry,
     retry_dropped,
@@ -116,11 +117,11 @@ class SqlRepository(Repository):
         where: str,
     ) -> None:
         self._engine = engine
-        self._single: AsyncEngine | HeldConnection = (
-            engine.execution_options(**caps.autocommit) if caps.autocommit else engine
+        self._pooled = PooledConnections(engine)
+        single = engine.execution_options(**caps.autocommit) if caps.autocommit else engine
+        self._single: PooledConnections | HeldConnection = (
+            HeldConnection(single) if caps.held_connection else PooledConnections(single)
         )
-        if caps.held_connection:
-            self._single = HeldConnection(self._single)
         self._caps = caps
         self._where = where
         self._sql = Statements(table, history, caps)
@@ -143,10 +144,10 @@ class SqlRepository(Repository):
         (see :func:`~pyncette.sql.engine.is_conflict`) is run again, up to ``attempts``
         times in all (:data:`~pyncette.retry.CONFLICT` back-off); unreachable storage is
         ``BackendUnavailableError``."""
-        engine = self._engine if atomic else self._single
+        connections = self._pooled if atomic else self._single
         async with translate_errors(self._where):
             return await retry.retry(
-                functools.partial(retry_dropped, engine, operation),
+                functools.partial(retry_dropped, connections, operation),
                 policy=retry.CONFLICT,
                 attempts=attempts,
                 sleep=real_sleep,
@@ -157,8 +158,7 @@ class SqlRepository(Repository):
     async def close(self) -> None:
         """Give back the connection held for single statements, if any (the pool itself
         is the engine's, closed by whoever made it)."""
-        if isinstance(self._single, HeldConnection):
-            await self._single.close()
+        await self._single.close()
 
     # -- wake-ups (PostgreSQL LISTEN/NOTIFY) ---------------------------------------
 
