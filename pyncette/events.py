@@ -106,8 +106,9 @@ class ExecutionSkipped(Event):
 
 @dataclass(frozen=True, slots=True)
 class LeaseLost(Event):
-    """An execution's lease was found taken by another instance (or its row removed):
-    the execution is not committed."""
+    """An execution's lease was found taken by another instance (or its row removed),
+    or ran out before the execution could start: the execution is not committed (not
+    started, in the second case)."""
 
     task: Task
     scheduled_at: datetime.datetime

@@ -458,13 +458,11 @@ class Worker:
             expected = now + task.lease_duration
             # stored with another lease length (imported, or the task changed since):
             # hold it for the task's own lease from the start
-            if (
-                row.locked_until != expected
-                and abs(row.locked_until - expected) > LEASE_TOLERANCE
-                and not await self._extend(row, row.lease, expected)
-            ):
-                logger.warning("Lease lost on %s before it started; skipping", task)
-                continue
+            if row.locked_until != expected and abs(row.locked_until - expected) > LEASE_TOLERANCE:
+                if not await self._extend(row, row.lease, expected):
+                    logger.warning("Lease lost on %s before it started; skipping", task)
+                    continue
+                row = row._replace(locked_until=expected)
             await spawn(self._execute(task, row, claimed_at=now))
         if overlapping:
             await self._run_apart(overlapping, now)
@@ -630,6 +628,9 @@ class Worker:
         timed = observed or logged
         started = time.perf_counter() if timed else 0.0
         started_at = self._clock.now()
+        if not at_most_once and started_at >= row.locked_until:
+            self._expired_before_start(task, row, started_at)
+            return
         if observed:
             events.emit(ExecutionStarted(task, row.scheduled_at, started_at))
         retry_as: Claimed | None = None
@@ -718,6 +719,20 @@ class Worker:
                 error=failure,
             )
         self._commits.submit(row.group, Commit(row.name, lease, next_at, ended, self._history))
+
+    def _expired_before_start(self, task: Task, row: Claimed, now: datetime.datetime) -> None:
+        """Do not start an at-least-once run whose lease has run out since it was claimed
+        (the process was held up between the claim and the start: a stalled machine, a
+        loop blocked by other code): another instance may have claimed it meanwhile. It
+        is left as it is, to be claimed again, by any instance, now that it has expired."""
+        logger.warning(
+            "Lease on %s (scheduled at %s) expired %.3f s before it could start; not "
+            "starting it here, it is claimed again",
+            task,
+            row.scheduled_at.isoformat(),
+            (now - row.locked_until).total_seconds(),
+        )
+        self._lease_lost(task, row)
 
     async def _hold_for_retry(
         self, task: Task, row: Claimed, lease: Lease, attempt: int, error: Exception

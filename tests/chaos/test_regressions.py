@@ -3,7 +3,7 @@
 Apps share one in-memory store and one fake clock; a proxy in front of one app's
 repository makes a claim slow, answers it late, delays a registration or never answers,
 as the chaos proxy and kill storm did; each test then counts the executions of a run.
-Each docstring names the bug as it was; all five are fixed in pyncette/worker.py and
+Each docstring names the bug as it was; all are fixed in pyncette/worker.py and
 pyncette/manager.py, and these tests keep them fixed.
 """
 
@@ -21,6 +21,8 @@ import pytest
 from backends import BackendConfig
 from harness import T0, FakeClock, make_app, running, wrap_repository
 from pyncette import Context, ExecutionMode, Pyncette
+from pyncette.events import LeaseLost
+from pyncette.executor import DefaultExecutor
 from pyncette.memory import InMemoryRepository
 from pyncette.model import Lease
 from pyncette.repository import (
@@ -390,3 +392,57 @@ async def test_rows_claimed_while_shutting_down_are_handed_back() -> None:
             await clock.advance(5)
     assert [name for name, _ in started] == ["second"], started
     assert started[0][1] < T0 + 20 * S, f"the job waited for its lease to expire: {started}"
+
+
+class HeldUpSpawn(DefaultExecutor):
+    """An executor that, once, is held up for ``seconds`` of the fake clock between the
+    claim and the start of an execution: what a loop blocked by other code, or a
+    machine that stalls the whole process, does to a claimed run."""
+
+    def __init__(self, clock: FakeClock, seconds: float, **options: Any) -> None:
+        super().__init__(**options)
+        self.clock, self.seconds = clock, seconds
+        self.armed = True
+
+    async def spawn(self, execution: Any) -> None:
+        if self.armed:
+            self.armed = False
+            await self.clock.sleep(self.seconds)
+        await super().spawn(execution)
+
+
+async def test_a_run_whose_lease_ran_out_before_it_started_does_not_start() -> None:
+    """Regression (found by the kill scenario on DynamoDB Local in CI, where two
+    processes started 40 runs 12 s after their leases had expired, and 3 of them ran
+    twice): only the claim's answer was checked against the lease, not the start, so
+    a process held up between the two started runs another instance had taken over."""
+    clock = FakeClock(T0)
+    backend = shared_store()
+    runs: list[tuple[str, datetime.datetime]] = []
+    first = make_app(
+        backend,
+        clock,
+        executor_cls=lambda **options: HeldUpSpawn(clock, 5.0, **options),
+    )
+    second = make_app(backend, clock)
+
+    def bind(app: Pyncette, name: str) -> Any:
+        @app.dynamic_task(name="queue", lease_duration=LEASE)
+        async def queue(context: Context) -> None:
+            runs.append((name, context.scheduled_at))
+
+        return queue
+
+    queue = bind(first, "first")
+    bind(second, "second")
+    lost: list[LeaseLost] = []
+    first.subscribe(lost.append, LeaseLost)
+    with anyio.fail_after(60):
+        async with running(first) as ctx:
+            await ctx.schedule_task(queue, "job", execute_at=T0 + 10 * S)
+            # first claims the job at T0+10 s (lease until T0+13 s) and starts it at T0+15 s
+            await clock.advance(10.5)
+            async with running(second):  # takes the job over when the lease expires
+                await clock.advance(10)
+    assert runs == [("second", T0 + 10 * S)], f"the run executed {len(runs)} times: {runs}"
+    assert [event.scheduled_at for event in lost] == [T0 + 10 * S]
