@@ -82,10 +82,14 @@ class SlowClaim(RepositoryProxy):
         return result
 
 
-def declare(app: Pyncette, name: str, runs: list[tuple[str, datetime.datetime]]) -> Any:
-    @app.task(interval=10 * S, lease_duration=LEASE)
-    async def ticking(context: Context) -> None:
-        pass
+def declare(
+    app: Pyncette, name: str, runs: list[tuple[str, datetime.datetime]], *, static: bool = True
+) -> Any:
+    if static:
+
+        @app.task(interval=10 * S, lease_duration=LEASE)
+        async def ticking(context: Context) -> None:
+            pass
 
     @app.dynamic_task(lease_duration=LEASE)
     async def queue(context: Context) -> None:
@@ -130,13 +134,21 @@ async def test_a_claim_answered_after_its_lease_expired_does_not_execute() -> No
     declare(second, "second", runs)
     # first's claim of the job is applied at T0+10 s; its answer arrives 5 s later.
     wrap_repository(first, lambda repo: SlowClaim(repo, clock, "queue", T0 + 10 * S, answer=True))
+    await second_takes_over(clock, first, second, queue)
+    assert len(runs) == 1, f"the run executed more than once: {runs}"
+
+
+async def second_takes_over(
+    clock: FakeClock, first: Pyncette, second: Pyncette, queue: Any
+) -> None:
+    """``first`` runs with a job due at T0+10 s; from T0+10.5 s ``second`` runs beside it
+    for 10 s, long enough to take the job over once a lease of first's on it expires."""
     with anyio.fail_after(60):
         async with running(first) as ctx:
             await ctx.schedule_task(queue, "job", execute_at=T0 + 10 * S)
             await clock.advance(10.5)
-            async with running(second):  # takes the job over when the lease expires
+            async with running(second):
                 await clock.advance(10)
-    assert len(runs) == 1, f"the run executed more than once: {runs}"
 
 
 class SlowRegister(RepositoryProxy):
@@ -425,24 +437,12 @@ async def test_a_run_whose_lease_ran_out_before_it_started_does_not_start() -> N
         executor_cls=lambda **options: HeldUpSpawn(clock, 5.0, **options),
     )
     second = make_app(backend, clock)
-
-    def bind(app: Pyncette, name: str) -> Any:
-        @app.dynamic_task(name="queue", lease_duration=LEASE)
-        async def queue(context: Context) -> None:
-            runs.append((name, context.scheduled_at))
-
-        return queue
-
-    queue = bind(first, "first")
-    bind(second, "second")
+    # no static task: the hold-up is for the job's spawn
+    queue = declare(first, "first", runs, static=False)
+    declare(second, "second", runs, static=False)
     lost: list[LeaseLost] = []
     first.subscribe(lost.append, LeaseLost)
-    with anyio.fail_after(60):
-        async with running(first) as ctx:
-            await ctx.schedule_task(queue, "job", execute_at=T0 + 10 * S)
-            # first claims the job at T0+10 s (lease until T0+13 s) and starts it at T0+15 s
-            await clock.advance(10.5)
-            async with running(second):  # takes the job over when the lease expires
-                await clock.advance(10)
+    # first claims the job at T0+10 s (lease until T0+13 s) and would start it at T0+15 s
+    await second_takes_over(clock, first, second, queue)
     assert runs == [("second", T0 + 10 * S)], f"the run executed {len(runs)} times: {runs}"
     assert [event.scheduled_at for event in lost] == [T0 + 10 * S]
