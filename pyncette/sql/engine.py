@@ -177,7 +177,9 @@ def create_engine(url: URL, *, pool_size: int) -> AsyncEngine:
         from pyncette.sql.sqlite_driver import async_creator
 
         args, kwargs = SQLiteDialect_aiosqlite().create_connect_args(url)
-        options["async_creator"] = async_creator(args, kwargs)
+        options["async_creator"] = async_creator(
+            args, kwargs, busy_timeout_ms=SQLITE_BUSY_TIMEOUT_MS
+        )
         engine = create_async_engine(url, pool_size=pool_size, max_overflow=0, **options)
         _take_over_sqlite_transactions(engine)
         return engine
@@ -188,7 +190,7 @@ def create_engine(url: URL, *, pool_size: int) -> AsyncEngine:
 
 
 def _take_over_sqlite_transactions(engine: AsyncEngine) -> None:
-    """A busy timeout, and ``BEGIN IMMEDIATE`` for every transaction.
+    """``BEGIN IMMEDIATE`` for every transaction (the driver sets the busy timeout).
 
     The sqlite3 module's own transaction handling begins lazily and only before DML,
     so a read-then-write transaction could fail to upgrade its lock when another
@@ -203,7 +205,6 @@ def _take_over_sqlite_transactions(engine: AsyncEngine) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         try:
-            cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS:d}")
             cursor.execute("PRAGMA synchronous = NORMAL")
         finally:
             cursor.close()

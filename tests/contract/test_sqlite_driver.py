@@ -1,22 +1,25 @@
-"""The SQLite driver (``pyncette.sql.sqlite_driver``): one thread hand-off per statement,
-and the event loop never waits for the file."""
+"""The SQLite driver (``pyncette.sql.sqlite_driver``): single statements run in the event
+loop's thread, the rest with one hand-off per statement, and the event loop never waits
+for another writer or for a WAL checkpoint."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime
 import sqlite3
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import event
+from sqlalchemy import event, exc
 from sqlalchemy.pool import QueuePool
 
 from pyncette.model import Lease
 from pyncette.repository import Commit, Repository
+from pyncette.sql import engine, sqlite_driver
 from pyncette.sql.repository import SqlRepository
 from pyncette.sql.sqlite_driver import FusedConnection
 from pyncette.sqlite import sqlite_repository
@@ -32,53 +35,75 @@ async def repo(tmp_path: Path) -> AsyncIterator[Repository]:
 
 
 @pytest.fixture
-def hand_offs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """What each hand-off to a connection's thread ran, in order."""
-    seen: list[str] = []
-    original = FusedConnection._execute
+def ran(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """Where each statement ran, in order: ("here", its first word) for one run in the
+    event loop's thread, ("thread", what was handed off) for each hand-off."""
+    seen: list[tuple[str, str]] = []
+    in_place = FusedConnection.in_place
+    hand_off = FusedConnection._execute
 
-    async def counting(self: FusedConnection, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        seen.append(getattr(fn, "__name__", None) or getattr(fn, "func", fn).__name__)
-        return await original(self, fn, *args, **kwargs)  # type: ignore[no-untyped-call]
+    def here(self: FusedConnection, cursor: Any, sql: str, parameters: Any) -> list[Any]:
+        seen.append(("here", sql.split()[0]))
+        return in_place(self, cursor, sql, parameters)
 
-    monkeypatch.setattr(FusedConnection, "_execute", counting)
+    async def thread(self: FusedConnection, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        seen.append(("thread", getattr(fn, "__name__", None) or getattr(fn, "func", fn).__name__))
+        return await hand_off(self, fn, *args, **kwargs)  # type: ignore[no-untyped-call]
+
+    monkeypatch.setattr(FusedConnection, "in_place", here)
+    monkeypatch.setattr(FusedConnection, "_execute", thread)
     return seen
 
 
-async def test_a_claim_and_a_commit_of_a_batch_hand_off_once_per_statement(
-    repo: Repository, hand_offs: list[str]
+async def test_a_claim_and_a_commit_of_a_batch_run_in_place(
+    repo: Repository, ran: list[tuple[str, str]]
 ) -> None:
     names = [f"i{i}" for i in range(100)]
     await repo.register("g", [reg(name, T0) for name in names], now=T0, force=False)
-    hand_offs.clear()
+    ran.clear()
     claimed = await repo.claim("g", now=T0, limit=100, lease=A)
     assert len(claimed.records) == 100
     # look without the lock, then one UPDATE … RETURNING, autocommitted; the batch was
-    # full, so no look for the next due time
-    assert hand_offs == ["_execute_and_fetch"] * 2
-    hand_offs.clear()
+    # full, so no look for the next due time; no hand-off to the thread
+    assert ran == [("here", "SELECT"), ("here", "UPDATE")]
+    ran.clear()
     lost = await repo.commit("g", [Commit(name, A, None) for name in names], now=T0)
     assert lost == []
-    assert hand_offs == ["_execute_and_fetch"]  # one DELETE … RETURNING, autocommitted
+    assert ran == [("here", "DELETE")]  # one DELETE … RETURNING, autocommitted
+
+
+async def test_statements_inside_a_transaction_run_in_the_thread(
+    repo: Repository, ran: list[tuple[str, str]]
+) -> None:
+    # a registration is a transaction: BEGIN IMMEDIATE outside it (in place; a busy file
+    # would send it to the thread), then its statements and COMMIT in the thread
+    await repo.register("g", [reg("a", T0), reg("b", T0)], now=T0, force=False)
+    assert ran[0] == ("here", "BEGIN")
+    assert len(ran) > 2 and all(where == "thread" for where, _ in ran[1:])
+    assert ran[-1] == ("thread", "commit")
+    assert [r.name for r in (await repo.claim("g", now=T0, limit=5, lease=A)).records] == [
+        "a",
+        "b",
+    ]
 
 
 async def test_after_a_full_batch_a_claim_takes_the_lock_without_looking_first(
-    repo: Repository, hand_offs: list[str]
+    repo: Repository, ran: list[tuple[str, str]]
 ) -> None:
     await repo.register("g", [reg(f"i{i}", T0) for i in range(150)], now=T0, force=False)
     assert len((await repo.claim("g", now=T0, limit=100, lease=A)).records) == 100
-    hand_offs.clear()
+    ran.clear()
     # no look, the last batch was full: UPDATE … RETURNING, then (it came back short) the
     # group's next due time
     short = await repo.claim("g", now=T0, limit=100, lease=A)
     assert len(short.records) == 50
     assert short.next_due_at == short.records[0].locked_until
-    assert hand_offs == ["_execute_and_fetch"] * 2
-    hand_offs.clear()
+    assert ran == [("here", "UPDATE"), ("here", "SELECT")]
+    ran.clear()
     # that one was short: the next claim looks first, finds nothing due, takes no lock
     empty = await repo.claim("g", now=T0, limit=100, lease=A)
     assert empty.records == []
-    assert hand_offs == ["_execute_and_fetch"]
+    assert ran == [("here", "SELECT")]
 
 
 async def test_a_one_statement_claim_takes_the_earliest_due_rows_in_scheduled_order(
@@ -101,7 +126,7 @@ async def test_a_one_statement_claim_takes_the_earliest_due_rows_in_scheduled_or
 
 
 async def test_the_loop_runs_while_a_claim_waits_for_another_writer(
-    repo: Repository, tmp_path: Path
+    repo: Repository, tmp_path: Path, ran: list[tuple[str, str]]
 ) -> None:
     await repo.register("g", [reg("a", T0)], now=T0, force=False)
     other = sqlite3.connect(tmp_path / "p.db", isolation_level=None)
@@ -119,6 +144,8 @@ async def test_the_loop_runs_while_a_claim_waits_for_another_writer(
     started = time.monotonic()
     await asyncio.sleep(0.5)
     assert not claim.done()  # queued on SQLite's busy timeout, in the thread
+    # refused in place at once (no busy timeout there), then handed to the thread
+    assert ran[-2:] == [("here", "UPDATE"), ("thread", "_execute_and_fetch")]
     other.execute("COMMIT")
     other.close()
     result = await claim
@@ -185,3 +212,61 @@ async def test_closing_the_repository_gives_back_the_held_connection(tmp_path: P
         assert isinstance(pool, QueuePool)
         assert pool.checkedout() == 1
     assert pool.checkedout() == 0
+
+
+async def churn(repository: Repository, batches: int) -> None:
+    """Claim and commit ``batches`` batches of 100 rows of 1.5 kB each, every row moved
+    on to a next run, as a drain of recurring work writes them."""
+    names = [f"i{i:03d}" for i in range(100)]
+    spec = "x" * 1500
+    await repository.register("g", [reg(n, T0, spec) for n in names], now=T0, force=False)
+    for batch in range(batches):
+        now = T0 + datetime.timedelta(minutes=batch)
+        lease = Lease(f"l{batch}")
+        claimed = await repository.claim("g", now=now, limit=100, lease=lease)
+        assert len(claimed.records) == 100
+        later = now + datetime.timedelta(seconds=30)
+        lost = await repository.commit("g", [Commit(n, lease, later) for n in names], now=now)
+        assert lost == []
+
+
+async def test_the_wal_stays_short_without_sqlites_own_checkpoints(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checkpoint = sqlite_driver._checkpoint
+    threads: list[threading.Thread] = []
+
+    def recorded(connection: sqlite3.Connection) -> None:
+        threads.append(threading.current_thread())
+        checkpoint(connection)
+
+    monkeypatch.setattr(sqlite_driver, "_checkpoint", recorded)
+    wal_mib: dict[str, float] = {}
+    for label, every in (("never", 10**9), ("default", sqlite_driver.CHECKPOINT_CHANGES)):
+        monkeypatch.setattr(sqlite_driver, "CHECKPOINT_CHANGES", every)
+        path = tmp_path / f"{label}.db"
+        async with sqlite_repository(sqlite_database=str(path)) as repository:
+            await churn(repository, 80)
+            wal_mib[label] = (tmp_path / f"{label}.db-wal").stat().st_size / 2**20
+    # SQLite checkpoints nothing by itself on these connections: without the driver's
+    # checkpoints the log holds every page written
+    assert wal_mib["never"] > 20, wal_mib
+    # with them it stays about as short as SQLite's default (1,000 pages, 4 MiB)
+    assert wal_mib["default"] < 8, wal_mib
+    # and they ran in the connections' threads, not in the event loop's
+    assert threads and threading.main_thread() not in threads
+
+
+async def test_a_statement_that_fails_in_place_for_another_reason_is_not_run_again(
+    repo: Repository, ran: list[tuple[str, str]]
+) -> None:
+    assert isinstance(repo, SqlRepository)
+    async with repo._engine.connect() as conn:
+        conn = await conn.execution_options(**{engine._NO_BEGIN: True})
+        await conn.exec_driver_sql("CREATE TABLE t (k INTEGER PRIMARY KEY)")
+        await conn.exec_driver_sql("INSERT INTO t VALUES (1)")
+        ran.clear()
+        with pytest.raises(exc.IntegrityError, match="UNIQUE"):
+            await conn.exec_driver_sql("INSERT INTO t VALUES (1)")
+        assert ran == [("here", "INSERT")]  # raised as it came, not retried in the thread
+        assert (await conn.exec_driver_sql("SELECT count(*) FROM t")).scalar() == 1
