@@ -55,6 +55,14 @@ CHUNK = 200
 SWEEP_INTERVAL = datetime.timedelta(minutes=1)
 """How often (by the writes' ``now``) one repository sweeps expired history entries."""
 
+ANALYSE_AFTER = 1_000
+"""Rows registered through one repository after which it makes sure its table has been
+analysed at least once (see ``Capabilities.analyse_fresh``)."""
+
+ANALYSE_LOCK_TIMEOUT_MS = 200
+"""How long that ``ANALYZE`` waits for its lock: if another session is analysing or
+vacuuming the table, that one gathers the statistics and this one gives up."""
+
 
 class SqlRepository(Repository):
     """Task rows in one SQL table (see :mod:`pyncette.sql.schema` for the layout).
@@ -128,6 +136,9 @@ class SqlRepository(Repository):
         self._next_sweep: datetime.datetime | None = None
         self._full: set[str] = set()
         """Groups whose last claim here was a full batch (SQLite skips its look)."""
+        self._table = table
+        self._unanalysed: int | None = ANALYSE_AFTER if caps.analyse_fresh else None
+        """Rows still to register before the table's statistics are checked (once)."""
         # one channel per table; hashed, as channel names are identifiers of <= 63 bytes
         digest = hashlib.sha256(table.fullname.encode("utf-8")).hexdigest()[:24]
         self._channel = f"pyncette_{digest}"
@@ -493,7 +504,40 @@ class SqlRepository(Repository):
                 atomic=not self._one_statement_register(chunk),
                 attempts=retry.CONFLICT_ATTEMPTS,
             )
+        if self._unanalysed is not None:
+            self._unanalysed -= len(batch)
+            if self._unanalysed <= 0:
+                self._unanalysed = None
+                await self._analyse_if_never_analysed()
         return [reg.name for reg in registrations if reg.name in skipped]
+
+    async def _analyse_if_never_analysed(self) -> None:
+        """``ANALYZE`` the table if it has no statistics yet (PostgreSQL; see
+        ``Capabilities.analyse_fresh``). Only an optimisation: if it fails (no privilege,
+        another session holds the lock), registering has succeeded all the same."""
+        name = self._engine.dialect.identifier_preparer.format_table(self._table)
+
+        async def analyse(conn: AsyncConnection) -> bool:
+            never = await conn.execute(
+                text(
+                    "SELECT coalesce(last_analyze, last_autoanalyze) IS NULL "
+                    "FROM pg_stat_all_tables WHERE relid = CAST(:name AS regclass)"
+                ),
+                {"name": name},
+            )
+            if not never.scalar():
+                return False
+            await conn.execute(text(f"SET LOCAL lock_timeout = {ANALYSE_LOCK_TIMEOUT_MS:d}"))
+            await conn.execute(text(f"ANALYZE {name}"))
+            return True
+
+        try:
+            if await self._run(analyse, atomic=True):
+                logger.debug("Analysed %s, which had no statistics yet", name)
+        except (exc.DBAPIError, BackendUnavailableError) as error:
+            logger.info(
+                "Did not analyse %s (its first statistics; autovacuum will): %s", name, error
+            )
 
     def _one_statement_register(self, chunk: Sequence[Registration]) -> bool:
         """Whether registering ``chunk`` is a single statement, atomic without a
