@@ -63,6 +63,10 @@ ANALYSE_LOCK_TIMEOUT_MS = 200
 """How long that ``ANALYZE`` waits for its lock: if another session is analysing or
 vacuuming the table, that one gathers the statistics and this one gives up."""
 
+ANALYSE_TIMEOUT_MS = 5_000
+"""How long that ``ANALYZE`` may take (it samples at most 30,000 rows at PostgreSQL's
+default statistics target, whatever the table's size); past this it gives up."""
+
 
 class SqlRepository(Repository):
     """Task rows in one SQL table (see :mod:`pyncette.sql.schema` for the layout).
@@ -528,6 +532,7 @@ class SqlRepository(Repository):
             if not never.scalar():
                 return False
             await conn.execute(text(f"SET LOCAL lock_timeout = {ANALYSE_LOCK_TIMEOUT_MS:d}"))
+            await conn.execute(text(f"SET LOCAL statement_timeout = {ANALYSE_TIMEOUT_MS:d}"))
             await conn.execute(text(f"ANALYZE {name}"))
             return True
 

@@ -103,3 +103,20 @@ async def test_a_registration_does_not_wait_for_a_table_another_session_holds(
         count = await db.fetchval(f'SELECT count(*) FROM "{table}"')
         assert count == sql_repository.ANALYSE_AFTER  # registered all the same
     assert any("Did not analyse" in r.getMessage() for r in caplog.records)
+
+
+async def test_an_analyse_that_takes_too_long_is_given_up(
+    postgres_backend: BackendConfig,
+    db: asyncpg.Connection,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    table = postgres_backend.options["postgres_table_name"]
+    monkeypatch.setattr(sql_repository, "ANALYSE_TIMEOUT_MS", 1)
+    async with postgres_backend.repository_factory(**postgres_backend.options) as repository:
+        # analysing 20,000 rows takes 10-20 ms here, far past a timeout of 1 ms
+        with caplog.at_level(logging.INFO, logger="pyncette.sql.repository"):
+            await register(repository, 20_000)
+        assert (await statistics(db, table))["last_analyze"] is None
+        assert await db.fetchval(f'SELECT count(*) FROM "{table}"') == 20_000
+    assert any("statement timeout" in r.getMessage() for r in caplog.records)
