@@ -95,8 +95,8 @@ def compare_impossible(args: argparse.Namespace, backend: str) -> bool:
     """``--compare`` on a backend Pyncette 1.1.0 cannot use: say so, and skip it."""
     if args.compare and backend in NO_PYNCETTE11:
         print(
-            f"\n({args.scenario} --compare skipped for {backend}: Pyncette 1.1.0 has no "
-            "Redis Cluster support; run without --compare to measure this project alone)",
+            f"\n({args.scenario} --compare skipped for {backend}: Pyncette 1.1.0 cannot "
+            "use it; run without --compare to measure this project alone)",
             flush=True,
         )
         return True

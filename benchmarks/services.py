@@ -23,14 +23,16 @@ from benchmarks.redis_servers import RedisClusterServers, private_cluster, redis
 
 BACKENDS = ("memory", "sqlite", "postgres", "mysql", "redis", "dynamodb")
 """What ``--backend all`` means."""
-CHOICES = (*BACKENDS, "redis_cluster", "dynamodb_local")
+CHOICES = (*BACKENDS, "redis_cluster", "dynamodb_local", "null")
 """Every backend ``--backend`` accepts; ``redis_cluster`` and ``dynamodb_local``
-(Amazon's DynamoDB Local, see local_servers.py; needs java) only when named."""
+(Amazon's DynamoDB Local, see local_servers.py; needs java) and ``null`` (the scheduler
+alone, see ``null_repository`` in worker.py; this project only) only when named."""
 SHARED = ("sqlite", "postgres", "mysql", "redis", "redis_cluster", "dynamodb", "dynamodb_local")
 DYNAMODB = ("dynamodb", "dynamodb_local")
 """Backends whose store several processes can share (scale-out)."""
-NO_PYNCETTE11 = ("redis_cluster",)
-"""Backends Pyncette 1.1.0 cannot use (it has no Redis Cluster client): no ``--compare``."""
+NO_PYNCETTE11 = ("redis_cluster", "null")
+"""Backends Pyncette 1.1.0 cannot use (no Redis Cluster client; ``null`` is this project's
+own repository): no ``--compare``."""
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 MYSQL = {"host": "127.0.0.1", "port": 3306, "user": "root", "password": ""}
@@ -117,7 +119,7 @@ class Services:
         ``flavour`` is ``"ours"`` or ``"pyncette11"`` (which gets its MySQL table
         pre-created without the index MariaDB cannot build).
         """
-        if backend == "memory":
+        if backend in ("memory", "null"):
             yield {}
         elif backend == "sqlite":
             folder = tempfile.mkdtemp(prefix="pyncette-bench-")

@@ -9,6 +9,7 @@ config sets ``"api": "bulk"``, uses only the public Pyncette 1.x API. It prints 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import gc
 import importlib
@@ -63,6 +64,8 @@ def make_app(config: dict[str, Any]) -> Pyncette:
             from pyncette.app import default_repository_factory
 
             kwargs["repository_factory"] = default_repository_factory
+    elif backend == "null":
+        kwargs["repository_factory"] = null_repository
     else:
         raise SystemExit(f"unknown backend {backend!r}")
     if config.get("count"):
@@ -81,6 +84,44 @@ def make_app(config: dict[str, Any]) -> Pyncette:
     if config.get("run_history"):  # ours only
         kwargs["run_history"] = config["run_history"]
     return Pyncette(**kwargs)
+
+
+@contextlib.asynccontextmanager
+async def null_repository(**options: Any) -> Any:
+    """``--backend null``, the scheduler alone: a repository that hands out the rows set-up
+    registered, a batch per claim, each with the claim's lease, and stores no commit (this
+    project only; its cost per call is a list pop and a ``Record`` per row). The drain's
+    executions per second through it are what the scheduler itself sustains."""
+    from pyncette.memory import InMemoryRepository
+    from pyncette.repository import ClaimResult, Record
+
+    class Prepared(InMemoryRepository):
+        def __init__(self) -> None:
+            super().__init__()
+            self._prepared: dict[str, list[Any]] = {}
+
+        async def claim(
+            self, group: str, *, now: datetime.datetime, limit: int, lease: Any
+        ) -> ClaimResult:
+            if group not in self._groups or group.startswith("__"):
+                return await super().claim(group, now=now, limit=limit, lease=lease)
+            rows = self._prepared.get(group)
+            if rows is None:
+                rows = self._prepared[group] = list(self._groups[group].rows.values())
+            taken = rows[-limit:]
+            del rows[-limit:]
+            records = [
+                Record(row.name, row.spec, row.scheduled_at, now + row.lease_duration, lease)
+                for row in taken
+            ]
+            return ClaimResult(records, None)
+
+        async def commit(self, group: str, commits: Any, *, now: datetime.datetime) -> list[str]:
+            if group not in self._prepared:
+                return await super().commit(group, commits, now=now)
+            return []
+
+    yield Prepared()
 
 
 def settle_heap() -> None:

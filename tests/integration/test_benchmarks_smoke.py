@@ -57,7 +57,7 @@ def options(backend: str, tmp_path: Path) -> dict[str, Any]:
     return {"sqlite_database": str(tmp_path / "bench.db")} if backend == "sqlite" else {}
 
 
-@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+@pytest.mark.parametrize("kind", ["memory", "sqlite", "null"])
 def test_drain_runs_everything_once(kind: str, tmp_path: Path) -> None:
     result = run_worker(
         {
