@@ -14,9 +14,9 @@ things could make it wait, and neither is let to:
   run again there, where the busy timeout queues it behind the other writer.
 - **A WAL checkpoint** (copying the log back into the database file, with an fsync),
   which SQLite would otherwise run inside the statement that fills the log past 1,000
-  pages. Automatic checkpoints are off on these connections; after every
-  :data:`CHECKPOINT_CHANGES` rows changed through one, it runs a passive checkpoint in
-  its thread, which keeps the log about as short as SQLite's own setting would.
+  pages. Automatic checkpoints are off on these connections; each runs a passive
+  checkpoint in its thread once it has changed enough rows to have written about
+  :data:`CHECKPOINT_PAGES` pages of log, as SQLite's own setting would.
 
 Statements inside a transaction (``BEGIN IMMEDIATE`` … ``COMMIT``, e.g. registrations),
 and the ``BEGIN``, ``COMMIT`` and ``ROLLBACK`` themselves, go to the thread as before:
@@ -40,12 +40,17 @@ from typing import Any
 
 import aiosqlite
 
-CHECKPOINT_CHANGES = 2_000
-"""Rows changed through one connection between two of its passive checkpoints. A row
-changed here rewrites a page of the table and one of each of its two indexes at most, and
-changes batched in one statement share pages, so the log stays near SQLite's default of
-a checkpoint every 1,000 pages (``tests/contract/test_sqlite_driver.py`` checks its size
-under a stream of batches)."""
+CHECKPOINT_PAGES = 1_000
+"""Pages of WAL a connection lets grow between its checkpoints: SQLite's own default."""
+
+FIRST_CHECKPOINT_CHANGES = 500
+"""Rows changed through a connection before its first checkpoint. A changed row rewrites
+a page of the table and one of each index it is in at most, and the rows changed by one
+statement share pages; each checkpoint reports the pages in the log, and the connection
+scales its next interval to :data:`CHECKPOINT_PAGES` by them (``_next_interval``)."""
+
+MAX_CHECKPOINT_CHANGES = 20_000
+"""The longest interval, in rows changed (tiny rows changed in large batches)."""
 
 _WAITS = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
@@ -119,9 +124,26 @@ class _OpenCursor:
         await self._cursor.close()
 
 
-def _checkpoint(connection: sqlite3.Connection) -> None:
-    # PASSIVE: copies what no reader still needs, waits for no one
-    connection.execute("PRAGMA wal_checkpoint(PASSIVE)").close()
+def _checkpoint(connection: sqlite3.Connection) -> int:
+    """Pages in the log when a PASSIVE checkpoint (which copies what no reader still
+    needs and waits for no one) ran; -1 if the file is not in WAL mode."""
+    cursor = connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
+    try:
+        _busy, pages, _copied = cursor.fetchone()
+        return int(pages)
+    finally:
+        cursor.close()
+
+
+def _next_interval(interval: int, pages: int) -> int:
+    """The rows to change before the next checkpoint, after ``interval`` rows changed
+    made ``pages`` pages of log (which may include other connections' pages, making the
+    next interval shorter, never longer): aimed at :data:`CHECKPOINT_PAGES`, at most
+    doubling at a time, within ``[1, MAX_CHECKPOINT_CHANGES]``."""
+    if pages < 0:  # not in WAL mode: nothing to checkpoint
+        return interval
+    aimed = interval * CHECKPOINT_PAGES // max(pages, 1)
+    return max(1, min(aimed, interval * 2, MAX_CHECKPOINT_CHANGES))
 
 
 class FusedConnection(aiosqlite.Connection):
@@ -136,6 +158,7 @@ class FusedConnection(aiosqlite.Connection):
         super().__init__(connector, 64)
         self._wait = f"PRAGMA busy_timeout = {busy_timeout_ms:d}"
         self._checkpointed = 0  # the connection's total_changes at its last checkpoint
+        self._interval = FIRST_CHECKPOINT_CHANGES
 
     def cursor(self) -> _OpenCursor:  # type: ignore[override]
         return _OpenCursor(FusedCursor(self, self._conn.cursor()))
@@ -156,9 +179,10 @@ class FusedConnection(aiosqlite.Connection):
         once it is done the next write starts the log again from its beginning (a
         checkpoint that ran alongside writes would never catch up with them)."""
         changes = self._conn.total_changes
-        if changes - self._checkpointed >= CHECKPOINT_CHANGES:
+        if changes - self._checkpointed >= self._interval:
             self._checkpointed = changes
-            await self._execute(_checkpoint, self._conn)  # type: ignore[no-untyped-call]
+            pages = await self._execute(_checkpoint, self._conn)  # type: ignore[no-untyped-call]
+            self._interval = _next_interval(self._interval, pages)
 
     async def commit(self) -> None:
         # a statement run without BEGIN committed itself: nothing to hand off

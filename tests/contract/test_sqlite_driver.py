@@ -214,11 +214,11 @@ async def test_closing_the_repository_gives_back_the_held_connection(tmp_path: P
     assert pool.checkedout() == 0
 
 
-async def churn(repository: Repository, batches: int) -> None:
-    """Claim and commit ``batches`` batches of 100 rows of 1.5 kB each, every row moved
-    on to a next run, as a drain of recurring work writes them."""
+async def churn(repository: Repository, batches: int, size: int) -> None:
+    """Claim and commit ``batches`` batches of 100 rows of ``size`` bytes each, every row
+    moved on to a next run, as a drain of recurring work writes them."""
     names = [f"i{i:03d}" for i in range(100)]
-    spec = "x" * 1500
+    spec = "x" * size
     await repository.register("g", [reg(n, T0, spec) for n in names], now=T0, force=False)
     for batch in range(batches):
         now = T0 + datetime.timedelta(minutes=batch)
@@ -234,27 +234,53 @@ async def test_the_wal_stays_short_without_sqlites_own_checkpoints(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     checkpoint = sqlite_driver._checkpoint
+    seen: dict[str, list[int]] = {}
     threads: list[threading.Thread] = []
+    label = ""
 
-    def recorded(connection: sqlite3.Connection) -> None:
+    def recorded(connection: sqlite3.Connection) -> int:
         threads.append(threading.current_thread())
-        checkpoint(connection)
+        pages = checkpoint(connection)
+        seen.setdefault(label, []).append(pages)
+        return pages
 
     monkeypatch.setattr(sqlite_driver, "_checkpoint", recorded)
     wal_mib: dict[str, float] = {}
-    for label, every in (("never", 10**9), ("default", sqlite_driver.CHECKPOINT_CHANGES)):
-        monkeypatch.setattr(sqlite_driver, "CHECKPOINT_CHANGES", every)
-        path = tmp_path / f"{label}.db"
+    runs = (("never", 10**9, 1500), ("large rows", None, 1500), ("small rows", None, 10))
+    for label, first, size in runs:
+        if first is not None:
+            monkeypatch.setattr(sqlite_driver, "FIRST_CHECKPOINT_CHANGES", first)
+        else:
+            monkeypatch.undo()
+            monkeypatch.setattr(sqlite_driver, "_checkpoint", recorded)
+        path = tmp_path / f"{len(wal_mib)}.db"
         async with sqlite_repository(sqlite_database=str(path)) as repository:
-            await churn(repository, 80)
-            wal_mib[label] = (tmp_path / f"{label}.db-wal").stat().st_size / 2**20
+            await churn(repository, 80, size)
+            wal_mib[label] = (tmp_path / f"{len(wal_mib)}.db-wal").stat().st_size / 2**20
     # SQLite checkpoints nothing by itself on these connections: without the driver's
     # checkpoints the log holds every page written
-    assert wal_mib["never"] > 20, wal_mib
+    assert "never" not in seen and wal_mib["never"] > 20, wal_mib
     # with them it stays about as short as SQLite's default (1,000 pages, 4 MiB)
-    assert wal_mib["default"] < 8, wal_mib
+    assert wal_mib["large rows"] < 8 and wal_mib["small rows"] < 8, wal_mib
+    assert all(pages < 2 * sqlite_driver.CHECKPOINT_PAGES for pages in seen["large rows"])
+    # small rows write fewer pages per row changed: the interval grows (doubling), so
+    # there are fewer checkpoints, each still short of SQLite's 1,000 pages
+    small = seen["small rows"]
+    assert len(small) < len(seen["large rows"]) and small == sorted(small), seen
+    assert small[-1] < sqlite_driver.CHECKPOINT_PAGES, seen
     # and they ran in the connections' threads, not in the event loop's
     assert threads and threading.main_thread() not in threads
+
+
+def test_the_checkpoint_interval_follows_the_pages_written() -> None:
+    aim = sqlite_driver.CHECKPOINT_PAGES
+    assert sqlite_driver._next_interval(1000, 2 * aim) == 500  # too many pages: halve
+    assert sqlite_driver._next_interval(1000, aim // 10) == 2000  # grows, doubling at most
+    assert sqlite_driver._next_interval(1000, aim) == 1000
+    top = sqlite_driver.MAX_CHECKPOINT_CHANGES
+    assert sqlite_driver._next_interval(top, 1) == top
+    assert sqlite_driver._next_interval(10, 10**6) == 1
+    assert sqlite_driver._next_interval(700, -1) == 700  # not in WAL mode
 
 
 async def test_a_statement_that_fails_in_place_for_another_reason_is_not_run_again(
