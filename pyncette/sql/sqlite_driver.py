@@ -18,14 +18,15 @@ things could make it wait, and neither is let to:
   checkpoint in its thread once it has changed enough rows to have written about
   :data:`CHECKPOINT_PAGES` pages of log, as SQLite's own setting would.
 
-Statements inside a transaction (``BEGIN IMMEDIATE`` … ``COMMIT``, e.g. registrations),
-and the ``BEGIN``, ``COMMIT`` and ``ROLLBACK`` themselves, go to the thread as before:
-SQLite's advice after ``SQLITE_BUSY`` inside a transaction is to roll it back, not to
-run the statement again. There, executing a statement and fetching its rows is one
-hand-off (SQLAlchemy's adapter would make four: cursor, execute, fetch, close); making
-and closing cursors touch no file and are done in place. A connection is used by one
-caller at a time (SQLAlchemy's pool, or the repository's held connection), so the two
-threads never use it at once.
+The ``BEGIN IMMEDIATE`` that opens a transaction (registrations, writes that keep run
+history) is such a statement too. The statements inside the transaction, and its
+``COMMIT`` or ``ROLLBACK``, go to the thread as before: SQLite's advice after
+``SQLITE_BUSY`` inside a transaction is to roll it back, not to run the statement again.
+There, executing a statement and fetching its rows is one hand-off (SQLAlchemy's
+adapter would make four: cursor, execute, fetch, close); making and closing cursors
+touch no file and are done in place. A connection is used by one caller at a time
+(SQLAlchemy's pool, or the repository's held connection), so the two threads never use
+it at once.
 
 What this costs: the loop does SQLite's own work for single statements (about 0.4 ms
 for a claim or a commit of 100 rows here), where before it waited for a thread to do it.
