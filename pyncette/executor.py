@@ -74,7 +74,7 @@ class DefaultExecutor:
         return self.concurrency_limit - len(self._running)
 
     async def spawn(self, execution: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.ensure_future(execution)
+        task = asyncio.get_running_loop().create_task(execution)
         self._running.add(task)
         task.add_done_callback(self._finished)
 
@@ -116,7 +116,7 @@ class SynchronousExecutor(DefaultExecutor):
         return 0 if self._running else 1
 
     async def spawn(self, execution: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.ensure_future(execution)
+        task = asyncio.get_running_loop().create_task(execution)
         self._running.add(task)
         try:
             await asyncio.shield(task)
