@@ -140,9 +140,9 @@ class SqlRepository(Repository):
         self._next_sweep: datetime.datetime | None = None
         self._full: set[str] = set()
         """Groups whose last claim here was a full batch (SQLite skips its look)."""
-        self._table = table
         self._unanalysed: int | None = ANALYSE_AFTER if caps.analyse_fresh else None
         """Rows still to register before the table's statistics are checked (once)."""
+        self._quoted = engine.dialect.identifier_preparer.format_table(table)
         # one channel per table; hashed, as channel names are identifiers of <= 63 bytes
         digest = hashlib.sha256(table.fullname.encode("utf-8")).hexdigest()[:24]
         self._channel = f"pyncette_{digest}"
@@ -519,7 +519,7 @@ class SqlRepository(Repository):
         """``ANALYZE`` the table if it has no statistics yet (PostgreSQL; see
         ``Capabilities.analyse_fresh``). Only an optimisation: if it fails (no privilege,
         another session holds the lock), registering has succeeded all the same."""
-        name = self._engine.dialect.identifier_preparer.format_table(self._table)
+        name = self._quoted
 
         async def analyse(conn: AsyncConnection) -> bool:
             never = await conn.execute(
