@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from types import TracebackType
 from typing import Any, Protocol
 
@@ -43,7 +43,8 @@ class DefaultExecutor:
 
     def __init__(self, concurrency_limit: int = 100, **_: Any) -> None:
         self.concurrency_limit = concurrency_limit
-        self._running: set[asyncio.Future[None]] = set()
+        self._running: dict[asyncio.Future[Any], Coroutine[Any, Any, None]] = {}
+        """Each running execution's task, with the coroutine it runs."""
         self._freed = asyncio.Event()
 
     async def __aenter__(self) -> DefaultExecutor:
@@ -74,17 +75,36 @@ class DefaultExecutor:
         return self.concurrency_limit - len(self._running)
 
     async def spawn(self, execution: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(execution)
-        self._running.add(task)
-        task.add_done_callback(self._finished)
+        self.start(execution)
+
+    def start(self, execution: Coroutine[Any, Any, None]) -> None:
+        """:meth:`spawn` without waiting: what the poll loop calls when ``spawn`` is this
+        class's own (see :func:`starter`)."""
+        task = asyncio.get_running_loop().create_task(self._tracked(execution))
+        self._running[task] = execution
+
+    async def _tracked(self, execution: Coroutine[Any, Any, None]) -> None:
+        """Run ``execution`` and free its place as it ends. Done here rather than in a
+        done callback: each callback is one more turn of the event loop per execution."""
+        try:
+            await execution
+        finally:
+            task = asyncio.current_task()
+            if task is not None:  # always, in a task
+                self._running.pop(task, None)
+            self._freed.set()
 
     async def spawn_task(self, execution: Awaitable[None]) -> None:
         """Pyncette 1.x's name for :meth:`spawn`."""
         await self.spawn(_awaiting(execution))
 
-    def _finished(self, task: asyncio.Future[None]) -> None:
-        self._running.discard(task)
-        self._freed.set()
+    def _finished(self, task: asyncio.Future[Any]) -> None:
+        """A cancelled task's cleanup: one cancelled before it started never ran
+        :meth:`_tracked`, so its coroutine is closed here (unawaited, without a warning)."""
+        execution = self._running.pop(task, None)
+        if execution is not None:
+            execution.close()
+            self._freed.set()
 
     async def wait_for_capacity(self) -> None:
         while self.capacity <= 0:
@@ -97,11 +117,14 @@ class DefaultExecutor:
     async def join(self) -> None:
         """Wait until every running execution has finished."""
         while self._running:
-            await asyncio.wait(list(self._running))
+            done, _ = await asyncio.wait(list(self._running))
+            for task in done:  # one cancelled before it started has not left by itself
+                self._finished(task)
 
     def cancel(self) -> None:
         for task in list(self._running):
             task.cancel()
+            task.add_done_callback(self._finished)
 
 
 class SynchronousExecutor(DefaultExecutor):
@@ -116,15 +139,9 @@ class SynchronousExecutor(DefaultExecutor):
         return 0 if self._running else 1
 
     async def spawn(self, execution: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(execution)
-        self._running.add(task)
-        try:
-            await asyncio.shield(task)
-        finally:
-            if task.done():
-                self._running.discard(task)
-            else:
-                task.add_done_callback(self._finished)
+        task = asyncio.get_running_loop().create_task(self._tracked(execution))
+        self._running[task] = execution
+        await asyncio.shield(task)
 
 
 async def _awaiting(awaitable: Awaitable[None]) -> None:
@@ -154,6 +171,15 @@ class _SpawnTaskRunner:
 
     def wake(self) -> None:
         return None
+
+
+def starter(runner: Runner) -> Callable[[Coroutine[Any, Any, None]], None] | None:
+    """``runner``'s way to start an execution without awaiting: a
+    :class:`DefaultExecutor`'s :meth:`~DefaultExecutor.start` unless a subclass changed
+    how it spawns; ``None`` for any other runner (the loop awaits ``spawn``)."""
+    if isinstance(runner, DefaultExecutor) and type(runner).spawn is DefaultExecutor.spawn:
+        return runner.start
+    return None
 
 
 def adapt(executor: object, claim_limit: int) -> Runner:

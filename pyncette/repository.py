@@ -62,7 +62,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from pyncette.model import ContinuationToken, Lease
 from pyncette.timeutil import from_epoch_us, to_epoch_us
@@ -92,9 +92,9 @@ class History:
     retention: datetime.timedelta
 
 
-@dataclass(frozen=True, slots=True)
-class Commit:
-    """The outcome of one execution, applied with :meth:`Repository.commit`."""
+class Commit(NamedTuple):
+    """The outcome of one execution, applied with :meth:`Repository.commit` (a tuple,
+    like :class:`Record`: one is built per execution)."""
 
     name: str
     lease: Lease
@@ -107,9 +107,9 @@ class Commit:
     is deleted: the history outlives it, within its retention)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
-    """A stored row, as returned by claims, reads and listings."""
+class Record(NamedTuple):
+    """A stored row, as returned by claims, reads and listings (a tuple: a claim builds
+    one per row, and a tuple is built in a third of the time of a frozen dataclass)."""
 
     name: str
     spec: str | None

@@ -816,9 +816,10 @@ class Task:
                 prototypes.clear()
             prototypes[spec] = prototype
         instance: Task = object.__new__(prototype.__class__)
-        instance.__dict__.update(prototype.__dict__)
+        attributes = prototype.__dict__.copy()  # twice as fast as updating an empty one
         if prototype.__class__ is Task:  # an ExtraRun keeps the name of the instance it runs
-            instance.name = instance_name
+            attributes["name"] = instance_name
+        instance.__dict__ = attributes
         return instance
 
     def _parse_spec(self, instance_name: str, spec: str) -> Task:

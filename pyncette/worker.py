@@ -35,7 +35,7 @@ from pyncette.events import (
     TickFinished,
     TickStarted,
 )
-from pyncette.executor import Runner
+from pyncette.executor import Runner, starter
 from pyncette.model import Context, ExecutionMode, FailureMode, Lease, MiddlewareFunc
 from pyncette.options import AppSettings
 from pyncette.outcome import RunStatus
@@ -116,6 +116,7 @@ class Worker:
         self._app_context = app_context
         self._repository = repository
         self._runner = runner
+        self._start = starter(runner)
         self._clock = clock
         self._timer = CallTimer(clock)
         self._settings = settings
@@ -440,7 +441,7 @@ class Worker:
         runs of ``overlap="allow"`` tasks to rows of their own."""
         at_most_once: list[tuple[Task, Claimed]] = []
         overlapping: list[tuple[Task, Claimed]] = []
-        spawn = self._runner.spawn
+        spawn, start = self._runner.spawn, self._start
         for row in rows:
             task = self._resolve(template, row)
             if task is None:
@@ -463,7 +464,10 @@ class Worker:
                     logger.warning("Lease lost on %s before it started; skipping", task)
                     continue
                 row = row._replace(locked_until=expected)
-            await spawn(self._execute(task, row, claimed_at=now))
+            if start is not None:
+                start(self._execute(task, row, claimed_at=now))
+            else:
+                await spawn(self._execute(task, row, claimed_at=now))
         if overlapping:
             await self._run_apart(overlapping, now)
         if at_most_once:
@@ -709,7 +713,7 @@ class Worker:
         finished_at = self._clock.now()
         next_at = task.next_run(row.scheduled_at, finished_at, claimed_at=claimed_at)
         ended = None
-        if self._read(next_at):
+        if next_at is not None or self._history is not None:  # self._read(next_at), inline
             ended = self._outcome(
                 RunStatus.SUCCEEDED if failure is None else RunStatus.FAILED,
                 row,
