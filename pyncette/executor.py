@@ -9,6 +9,7 @@ keyword arguments) are accepted as ``executor_cls`` too; see :func:`adapt`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from types import TracebackType
@@ -43,8 +44,8 @@ class DefaultExecutor:
 
     def __init__(self, concurrency_limit: int = 100, **_: Any) -> None:
         self.concurrency_limit = concurrency_limit
-        self._running: dict[asyncio.Future[Any], Coroutine[Any, Any, None]] = {}
-        """Each running execution's task, with the coroutine it runs."""
+        self._running: dict[Coroutine[Any, Any, None], asyncio.Future[Any]] = {}
+        """Each running execution (its coroutine) with the task that runs it."""
         self._freed = asyncio.Event()
 
     async def __aenter__(self) -> DefaultExecutor:
@@ -80,8 +81,7 @@ class DefaultExecutor:
     def start(self, execution: Coroutine[Any, Any, None]) -> None:
         """:meth:`spawn` without waiting: what the poll loop calls when ``spawn`` is this
         class's own (see :func:`starter`)."""
-        task = asyncio.get_running_loop().create_task(self._tracked(execution))
-        self._running[task] = execution
+        self._running[execution] = asyncio.get_running_loop().create_task(self._tracked(execution))
 
     async def _tracked(self, execution: Coroutine[Any, Any, None]) -> None:
         """Run ``execution`` and free its place as it ends. Done here rather than in a
@@ -89,20 +89,17 @@ class DefaultExecutor:
         try:
             await execution
         finally:
-            task = asyncio.current_task()
-            if task is not None:  # always, in a task
-                self._running.pop(task, None)
+            self._running.pop(execution, None)
             self._freed.set()
 
     async def spawn_task(self, execution: Awaitable[None]) -> None:
         """Pyncette 1.x's name for :meth:`spawn`."""
         await self.spawn(_awaiting(execution))
 
-    def _finished(self, task: asyncio.Future[Any]) -> None:
+    def _finished(self, execution: Coroutine[Any, Any, None], *_: object) -> None:
         """A cancelled task's cleanup: one cancelled before it started never ran
         :meth:`_tracked`, so its coroutine is closed here (unawaited, without a warning)."""
-        execution = self._running.pop(task, None)
-        if execution is not None:
+        if self._running.pop(execution, None) is not None:
             execution.close()
             self._freed.set()
 
@@ -117,14 +114,15 @@ class DefaultExecutor:
     async def join(self) -> None:
         """Wait until every running execution has finished."""
         while self._running:
-            done, _ = await asyncio.wait(list(self._running))
-            for task in done:  # one cancelled before it started has not left by itself
-                self._finished(task)
+            done, _ = await asyncio.wait(list(self._running.values()))
+            for execution, task in list(self._running.items()):
+                if task in done:  # one cancelled before it started has not left by itself
+                    self._finished(execution)
 
     def cancel(self) -> None:
-        for task in list(self._running):
+        for execution, task in list(self._running.items()):
             task.cancel()
-            task.add_done_callback(self._finished)
+            task.add_done_callback(functools.partial(self._finished, execution))
 
 
 class SynchronousExecutor(DefaultExecutor):
@@ -140,7 +138,7 @@ class SynchronousExecutor(DefaultExecutor):
 
     async def spawn(self, execution: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(self._tracked(execution))
-        self._running[task] = execution
+        self._running[execution] = task
         await asyncio.shield(task)
 
 

@@ -442,6 +442,8 @@ class Worker:
         at_most_once: list[tuple[Task, Claimed]] = []
         overlapping: list[tuple[Task, Claimed]] = []
         spawn, start = self._runner.spawn, self._start
+        lease_duration: datetime.timedelta | None = None
+        expected = now
         for row in rows:
             task = self._resolve(template, row)
             if task is None:
@@ -456,7 +458,9 @@ class Worker:
             if task.overlap == "allow" and not isinstance(task, ExtraRun):
                 overlapping.append((task, row))
                 continue
-            expected = now + task.lease_duration
+            if task.lease_duration is not lease_duration:  # instances share it, mostly
+                lease_duration = task.lease_duration
+                expected = now + lease_duration
             # stored with another lease length (imported, or the task changed since):
             # hold it for the task's own lease from the start
             if row.locked_until != expected and abs(row.locked_until - expected) > LEASE_TOLERANCE:
@@ -621,7 +625,7 @@ class Worker:
             if task.timezone is None
             else row.scheduled_at.astimezone(task.tzinfo),
             lease=None if at_most_once else row.lease,
-            heartbeat=functools.partial(self._heartbeat, held=[row]),
+            heartbeat=functools.partial(self._heartbeat, [row]),
             items=self._items,
         )
         if attempt > 1:
@@ -835,7 +839,7 @@ class Worker:
             lambda: self._repository.extend(row.group, row.name, lease, locked_until=locked_until),
         )
 
-    async def _heartbeat(self, context: Context, *, held: list[Claimed]) -> None:
+    async def _heartbeat(self, held: list[Claimed], context: Context) -> None:
         """Extend the lease the context holds (``held[0]``: the claimed row, with the
         lease's known expiry). On refusal, or on an error once the lease has expired
         unrenewed, the context stops holding it: from then on another instance may run

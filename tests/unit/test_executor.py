@@ -106,7 +106,7 @@ async def test_join_returns_for_a_task_cancelled_from_outside_before_it_started(
         await asyncio.sleep(10)
 
     executor.start(execution())
-    (task,) = list(executor._running)
+    (task,) = list(executor._running.values())
     task.cancel()  # not through executor.cancel(): no cleanup callback was added
     await asyncio.wait_for(executor.join(), 1)
     assert executor.capacity == executor.concurrency_limit
