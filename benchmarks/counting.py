@@ -142,6 +142,8 @@ def count_round_trips(repository: Repository, tally: Tally) -> bool:
     engine = getattr(repository, "_engine", None)
     if engine is not None and hasattr(engine, "sync_engine"):
         _count_sql(engine.sync_engine, tally)
+        if getattr(repository, "_driver", None) is not None:  # past SQLAlchemy's events
+            _patch_once("driver_statements", tally, _patch_driver_statements)
         return True
     module = type(repository).__module__
     if module.startswith("pyncette.redis"):
@@ -195,6 +197,20 @@ def _count_sql(sync_engine: Any, tally: Tally) -> None:
     event.listen(sync_engine, "begin", on_begin)
     event.listen(sync_engine, "commit", on_end("commit"))
     event.listen(sync_engine, "rollback", on_end("rollback"))
+
+
+def _patch_driver_statements(sink: str) -> None:
+    """Each statement run on the driver's own connection (SQLite's claims and commits,
+    ``pyncette.sql.precompiled``) is one statement, as one through SQLAlchemy is."""
+    from pyncette.sql.precompiled import DriverStatements
+
+    original = DriverStatements.rows
+
+    async def rows(self: Any, *args: Any, **kwargs: Any) -> Any:
+        _SINKS[sink].round_trips["statement"] += 1
+        return await original(self, *args, **kwargs)
+
+    DriverStatements.rows = rows  # type: ignore[method-assign]
 
 
 def _patch_redis(sink: str) -> None:

@@ -111,6 +111,10 @@ class Capabilities:
     held_connection: bool = False
     """Statements that run on their own go through one connection the repository keeps
     (:class:`HeldConnection`; SQLite) instead of the pool."""
+    driver_statements: bool = False
+    """Claims and commits run as their compiled text on the driver's own connection,
+    past SQLAlchemy's per-execution work (:mod:`pyncette.sql.precompiled`; SQLite with
+    ``RETURNING`` and JSON parameters, where the database runs in this process)."""
     analyse_fresh: bool = False
     """A table never analysed is analysed once the repository has registered
     :data:`~pyncette.sql.repository.ANALYSE_AFTER` rows (PostgreSQL). Until its statistics
@@ -158,6 +162,7 @@ def detect_capabilities(dialect: Dialect) -> Capabilities:
                 "pyncette needs SQLite 3.25 or newer (INSERT … ON CONFLICT, window functions)"
             )
         returning = bool(dialect.update_returning and dialect.delete_returning)
+        json_params = tuple(dialect.server_version_info or ()) >= (3, 38)
         return Capabilities(
             False,
             returning,
@@ -165,8 +170,9 @@ def detect_capabilities(dialect: Dialect) -> Capabilities:
             False,
             "immediate",
             {_NO_BEGIN: True},
-            json_params=tuple(dialect.server_version_info or ()) >= (3, 38),
+            json_params=json_params,
             held_connection=True,
+            driver_statements=json_params and returning,
         )
     raise ValueError(f"Unsupported SQL dialect {dialect.name!r}")
 

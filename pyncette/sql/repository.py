@@ -8,6 +8,7 @@ import datetime
 import functools
 import hashlib
 import logging
+import operator
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -40,8 +41,9 @@ from pyncette.sql.engine import (
     retry_dropped,
     translate_errors,
 )
+from pyncette.sql.precompiled import DriverStatements
 from pyncette.sql.statements import SWEEP_LIMIT, Statements
-from pyncette.timeutil import batch_instants, duration_us, to_epoch_us
+from pyncette.timeutil import batch_instants, duration_us, from_epoch_us, to_epoch_us
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
@@ -137,6 +139,7 @@ class SqlRepository(Repository):
         self._caps = caps
         self._where = where
         self._sql = Statements(table, history, caps)
+        self._driver = DriverStatements(engine.dialect) if caps.driver_statements else None
         self._next_sweep: datetime.datetime | None = None
         self._full: set[str] = set()
         """Groups whose last claim here was a full batch (SQLite skips its look)."""
@@ -249,7 +252,7 @@ class SqlRepository(Repository):
             if row_locks:
                 # a full batch makes the core claim again at once; it ignores the hint
                 full = len(records) >= limit
-                hint = None if full else await _scalar(conn, sql.next_due, params)
+                hint = None if full else await self._next_due(conn, params)
                 return ClaimResult(records, hint)
             hints = [now_us + r[4] for r in due]
             if len(rows) > len(due):
@@ -257,12 +260,12 @@ class SqlRepository(Repository):
             return ClaimResult(records, at(min(hints)) if hints else None)
 
         async def returning(conn: AsyncConnection) -> ClaimResult:
-            rows = (await conn.execute(sql.claim_returning, params)).all()
-            rows.sort(key=_scheduled_then_name)
+            rows = list(await self._rows(conn, sql.claim_returning, params))
+            rows.sort(key=_SCHEDULED_THEN_NAME)
             at = batch_instants()
             records = [Record(r[0], r[1], at(r[2]), at(r[3]), lease) for r in rows]
             # a full batch makes the core claim again at once; it ignores the hint
-            hint = None if len(records) >= limit else await _scalar(conn, sql.next_due, params)
+            hint = None if len(records) >= limit else await self._next_due(conn, params)
             return ClaimResult(records, hint)
 
         if self._caps.one_statement_claim:
@@ -272,7 +275,7 @@ class SqlRepository(Repository):
         # SQLite: claiming takes the whole file's write lock, so look first without it,
         # unless the group's last claim was a full batch (more is most likely due)
         if group not in self._full:
-            first = await self._run(lambda conn: _scalar(conn, sql.next_due, params), atomic=False)
+            first = await self._run(lambda conn: self._next_due(conn, params), atomic=False)
             if first is None or first > now:
                 return ClaimResult([], first)
         if self._caps.returning:
@@ -284,6 +287,24 @@ class SqlRepository(Repository):
         else:
             self._full.discard(group)
         return taken
+
+    async def _rows(
+        self, conn: AsyncConnection, statement: Any, params: dict[str, Any]
+    ) -> Sequence[Any]:
+        """The rows of a claim's or commit's ``statement``: run on the driver's own
+        connection where :attr:`Capabilities.driver_statements` says so."""
+        if self._driver is not None:
+            return await self._driver.rows(conn, statement, params)
+        return (await conn.execute(statement, params)).all()
+
+    async def _next_due(
+        self, conn: AsyncConnection, params: dict[str, Any]
+    ) -> datetime.datetime | None:
+        """The group's next claimable time (:attr:`Statements.next_due`)."""
+        if self._driver is not None:
+            ((micros,),) = await self._driver.rows(conn, self._sql.next_due, params)
+            return None if micros is None else from_epoch_us(micros)
+        return await _scalar(conn, self._sql.next_due, params)  # type: ignore[no-any-return]
 
     # -- commits ------------------------------------------------------------------
 
@@ -302,12 +323,14 @@ class SqlRepository(Repository):
         keeps_history = False
         for chunk in chunks(batch, CHUNK):
             # one statement per kind of write, unless history follows it (not PostgreSQL)
-            history = any(_keeps_history(item) for item in chunk)
+            history = any(item.history is not None and item.outcome is not None for item in chunk)
             keeps_history |= history
             atomic = not self._caps.returning or (history and not self._caps.array_params)
             # trimming history may meet the retention sweep: a deadlock victim runs again
             attempts = retry.CONFLICT_ATTEMPTS if history else 1
-            write = functools.partial(self._commit_chunk, group=group, chunk=chunk, now=now)
+            write = functools.partial(
+                self._commit_chunk, group=group, chunk=chunk, now=now, history=history
+            )
             try:
                 applied |= await self._run(write, atomic=atomic, attempts=attempts)
             except _NotAllHeld:
@@ -328,14 +351,15 @@ class SqlRepository(Repository):
         chunk: Sequence[Commit],
         *,
         now: datetime.datetime,
+        history: bool = True,
         check_first: bool = False,
     ) -> set[str]:
         """Without ``RETURNING`` (MySQL) the guarded writes run first, optimistically: if
         their row counts show every row was still held, all were applied; otherwise
         :class:`_NotAllHeld` rolls the transaction back and the caller runs it again with
-        ``check_first``, which locks and reads the held rows before writing."""
+        ``check_first``, which locks and reads the held rows before writing. ``history``
+        says whether any commit of the chunk keeps run history (only then is it read)."""
         sql = self._sql
-        returning = self._caps.returning
         if check_first:
             owned = set((await conn.execute(sql.select_owned, _owned(group, chunk))).scalars())
             chunk = [item for item in chunk if item.name in owned]
@@ -378,20 +402,33 @@ class SqlRepository(Repository):
                 params[f"v{i}"] = item.next_at
                 if outcome:
                     params[f"o{i}"] = item.outcome
-            result = await conn.execute(sql.commit_update(len(moved), outcome=outcome), params)
-            applied.update(result.scalars() if returning else params["names"])
-            written += result.rowcount
+            stmt = sql.commit_update(len(moved), outcome=outcome)
+            written += await self._write(conn, stmt, params, applied)
         if done:
             params = _owned(group, done)
-            result = await conn.execute(sql.delete_owned, params)
-            applied.update(result.scalars() if returning else params["names"])
-            written += result.rowcount
-        if not returning and not check_first and written != len(chunk):
+            written += await self._write(conn, sql.delete_owned, params, applied)
+        if not self._caps.returning and not check_first and written != len(chunk):
             raise _NotAllHeld
+        if not history:
+            return applied
         entries = [item for item in chunk if item.name in applied and _keeps_history(item)]
         if entries:
             await self._append_history(conn, group, entries, now)
         return applied
+
+    async def _write(
+        self, conn: AsyncConnection, stmt: Any, params: dict[str, Any], applied: set[str]
+    ) -> int:
+        """Run a guarded batch write of the rows ``params["names"]``; add the names it
+        applied to ``applied`` (all of them without ``RETURNING``, where the caller
+        compares the row count returned with the rows it meant to write)."""
+        if self._caps.returning:
+            names = [row[0] for row in await self._rows(conn, stmt, params)]
+            applied.update(names)
+            return len(names)
+        result = await conn.execute(stmt, params)
+        applied.update(params["names"])
+        return int(result.rowcount)
 
     async def _append_history(
         self,
@@ -687,8 +724,8 @@ def _history_arrays(commits: Sequence[Commit], now: datetime.datetime) -> dict[s
     return {"outcomes": [item.outcome for item in commits], "keeps": keeps, "expires": expires}
 
 
-def _scheduled_then_name(row: Any) -> tuple[int, str]:
-    return row[2], row[0]
+_SCHEDULED_THEN_NAME = operator.itemgetter(2, 0)
+"""The sort key of claimed rows ``(name, spec, scheduled_at, …)``."""
 
 
 def _owned(group: str, commits: Sequence[Commit]) -> dict[str, Any]:

@@ -34,6 +34,7 @@ for a claim or a commit of 100 rows here), where before it waited for a thread t
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import sqlite3
 from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
@@ -67,20 +68,7 @@ class FusedCursor(aiosqlite.Cursor):
         self._rows: list[Any] = []
 
     async def execute(self, sql: str, parameters: Any = None) -> FusedCursor:
-        conn = self._conn
-        parameters = parameters or ()
-        if not conn._conn.in_transaction:
-            try:
-                self._rows = conn.in_place(self._cursor, sql, parameters)
-            except sqlite3.OperationalError as error:
-                if getattr(error, "sqlite_errorcode", 0) & 0xFF not in _WAITS:
-                    raise
-                # refused, not run: queue for the lock in the thread instead
-            else:
-                await conn.checkpoint_if_due()
-                return self
-        run = functools.partial(_execute_and_fetch, self._cursor, sql, parameters)
-        self._rows = await conn._execute(run)  # type: ignore[no-untyped-call]
+        self._rows = await self._conn.fetch(sql, parameters or (), self._cursor)
         return self
 
     async def fetchall(self) -> list[Any]:
@@ -163,6 +151,37 @@ class FusedConnection(aiosqlite.Connection):
 
     def cursor(self) -> _OpenCursor:  # type: ignore[override]
         return _OpenCursor(FusedCursor(self, self._conn.cursor()))
+
+    async def fetch(
+        self, sql: str, parameters: Any, cursor: sqlite3.Cursor | None = None
+    ) -> list[Any]:
+        """Execute ``sql`` and return its rows: in place when no transaction is open and
+        the file is not locked, otherwise in the connection's thread. Without a
+        ``cursor``, one is made for the statement and closed after it."""
+        raw = self._conn
+        own = cursor is None
+        if cursor is None:
+            cursor = raw.cursor()
+        try:
+            if not raw.in_transaction:
+                try:
+                    rows = self.in_place(cursor, sql, parameters)
+                except sqlite3.OperationalError as error:
+                    if getattr(error, "sqlite_errorcode", 0) & 0xFF not in _WAITS:
+                        raise
+                    # refused, not run: queue for the lock in the thread instead
+                else:
+                    await self.checkpoint_if_due()
+                    return rows
+            run = functools.partial(_execute_and_fetch, cursor, sql, parameters)
+            result: list[Any] = await self._execute(run)  # type: ignore[no-untyped-call]
+            return result
+        except asyncio.CancelledError:
+            own = False  # the thread may still be running it: leave the cursor be
+            raise
+        finally:
+            if own:
+                cursor.close()
 
     def in_place(self, cursor: sqlite3.Cursor, sql: str, parameters: Any) -> list[Any]:
         """Run a statement outside a transaction in this thread, refusing to wait for a
