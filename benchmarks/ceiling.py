@@ -18,7 +18,9 @@ Requests per batch, by backend (counted below as ``requests``):
   ``COMMIT`` -- 5;
 * SQLite (the ``sqlite3`` module itself, WAL, ``synchronous = NORMAL``): ``UPDATE …
   WHERE name IN (SELECT … ORDER BY due_at LIMIT n) RETURNING``, then ``DELETE …
-  RETURNING``, each autocommitted -- 2 calls, no server;
+  RETURNING`` of the rows named, with their leases, in two JSON arrays read back with
+  ``json_each`` (pyncette's own statements; a ``VALUES`` list of 100 pairs instead costs
+  SQLite 18% more instructions per execution), each autocommitted -- 2 calls, no server;
 * Redis (redis-py): ``EVALSHA`` of pyncette's own ``claim.lua`` and ``commit.lua``
   (read from ``pyncette/redis/``, with ``row.lua`` prepended as pyncette does) -- 2;
   on Redis Cluster the same through redis-py's ``RedisCluster`` client, which loads the
@@ -195,6 +197,12 @@ def sqlite(config: dict[str, Any]) -> dict[str, Any]:
             "WHERE task_group = ? AND due_at <= ? ORDER BY due_at LIMIT ?) "
             "RETURNING name, spec, scheduled_at, due_at"
         )
+        commit = (
+            f"DELETE FROM {table} WHERE task_group = ? "  # noqa: S608
+            "AND name IN (SELECT value FROM json_each(?)) AND (name, locked_by) IN "
+            "(SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') "
+            "FROM json_each(?)) RETURNING name"
+        )
         executions = requests = 0
         started = time.perf_counter()
         while True:
@@ -207,14 +215,9 @@ def sqlite(config: dict[str, Any]) -> dict[str, Any]:
             if not rows:
                 break
             names = [row[0] for row in rows]
-            pairs = ", ".join(["(?, ?)"] * len(names))
-            params: list[Any] = [group]
-            for name in names:
-                params += [name, token]
+            pairs = [(name, token) for name in names]
             done = connection.execute(
-                f"DELETE FROM {table} WHERE task_group = ? "  # noqa: S608
-                f"AND (name, locked_by) IN (VALUES {pairs}) RETURNING name",
-                params,
+                commit, (group, json.dumps(names), json.dumps(pairs))
             ).fetchall()
             executions += len(done)
             requests += 1

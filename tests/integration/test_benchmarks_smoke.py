@@ -16,6 +16,7 @@ import pytest
 from backends import require_service
 from benchmarks.local_servers import dynamodb_local_missing
 from benchmarks.redis_servers import redis_tools_available
+from benchmarks.services import Services
 from support import ROOT
 
 WORKER = ROOT / "benchmarks" / "worker.py"
@@ -176,3 +177,40 @@ def test_calls_per_execution_counts_the_extra_executions() -> None:
     assert first.startswith("memory: ") and first.endswith(" Python calls per execution")
     assert 10 < float(first.split()[1]) < 1000
     assert len(top) == 3
+
+
+def test_instructions_subtract_setup_and_divide_by_the_growth(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``benchmarks.instructions``: (drain - set-up) and the ceiling each grow by their
+    cost per execution between the two sizes; start-up and set-up cancel out."""
+    from benchmarks import instructions
+
+    def fake(script: Path, config: dict[str, Any], *, valgrind: bool = True) -> int:
+        n: int = config["n"]
+        if script.name == "ceiling.py":
+            return 1_000_000 + 60 * n
+        if config["scenario"] == "setup":
+            return 5_000_000 + 300 * n if valgrind else 0
+        return 5_000_000 + 300 * n + 2_000_000 + 150 * n  # set-up, start-up, the drain
+
+    monkeypatch.setattr(instructions, "counted", fake)
+    services = Services()
+    try:
+        assert instructions.per_execution(services, "sqlite", 100, 300) == {
+            "ours": 150.0,
+            "ceiling": 60.0,
+        }
+        assert "ceiling" not in instructions.per_execution(services, "null", 100, 300)
+    finally:
+        services.close()
+
+
+def test_instructions_are_read_from_valgrind(tmp_path: Path) -> None:
+    from benchmarks import instructions
+
+    script = tmp_path / "tiny.py"
+    script.write_text("print('RESULT {}')\nsum(range(200000))\n")
+    small = instructions.counted(script, {})
+    script.write_text("print('RESULT {}')\nsum(range(2000000))\n")
+    assert instructions.counted(script, {}) > small > 0
