@@ -113,3 +113,30 @@ def repo_dialect() -> Any:
     from sqlalchemy.dialects import sqlite
 
     return sqlite.dialect(paramstyle="qmark")
+
+
+async def test_a_commit_keeping_history_writes_inside_its_transaction(
+    repo: SqlRepository, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The driver statement of a commit that appends run history runs after the
+    transaction's ``BEGIN IMMEDIATE``, with the history insert, not on its own."""
+    import datetime
+
+    from pyncette.repository import History
+    from pyncette.sql.sqlite_driver import FusedConnection
+
+    seen: list[tuple[str, bool]] = []
+    fetch = FusedConnection.fetch
+
+    async def recorded(self: FusedConnection, sql: str, *args: Any) -> list[Any]:
+        seen.append((sql.split()[0], self._conn.in_transaction))
+        return await fetch(self, sql, *args)
+
+    await repo.register("g", [reg("a", T0)], now=T0, force=False)
+    await repo.claim("g", now=T0, limit=5, lease=A)
+    monkeypatch.setattr(FusedConnection, "fetch", recorded)
+    kept = History(5, datetime.timedelta(days=1))
+    assert await repo.commit("g", [Commit("a", A, None, "done", kept)], now=T0) == []
+    begun = seen.index(("BEGIN", False))
+    assert seen[begun + 1 : begun + 3] == [("DELETE", True), ("INSERT", True)]
+    assert await repo.history("g", "a", limit=5) == ["done"]
