@@ -717,7 +717,7 @@ class Worker:
         finished_at = self._clock.now()
         next_at = task.next_run(row.scheduled_at, finished_at, claimed_at=claimed_at)
         ended = None
-        if next_at is not None or self._history is not None:  # self._read(next_at), inline
+        if self._read(next_at):
             ended = self._outcome(
                 RunStatus.SUCCEEDED if failure is None else RunStatus.FAILED,
                 row,

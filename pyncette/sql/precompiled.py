@@ -66,14 +66,14 @@ class DriverStatements:
 
     def __init__(self, dialect: Dialect) -> None:
         self._dialect = dialect
-        self._compiled: dict[int, tuple[ClauseElement, Precompiled]] = {}
+        self._compiled: dict[ClauseElement, Precompiled] = {}
+        """By statement (hashed by identity; the repository keeps its statements)."""
 
     def precompiled(self, statement: ClauseElement) -> Precompiled:
-        entry = self._compiled.get(id(statement))
-        if entry is None or entry[0] is not statement:
-            entry = (statement, Precompiled(statement, self._dialect))
-            self._compiled[id(statement)] = entry
-        return entry[1]
+        compiled = self._compiled.get(statement)
+        if compiled is None:
+            compiled = self._compiled[statement] = Precompiled(statement, self._dialect)
+        return compiled
 
     async def rows(
         self, conn: AsyncConnection, statement: ClauseElement, params: Mapping[str, Any]
