@@ -62,6 +62,11 @@ class Scenario:
     """Seconds allowed beyond ``lease + poll_interval`` for a takeover (a loaded machine)."""
     kill_every: tuple[float, float] = (0.5, 2.0)
     """kill: seconds between kills, uniformly random."""
+    kill_overtime: float = 0.0
+    """kill: seconds the storm may go on past the window while no aimed kill has yet
+    found a process executing (on a slow server the bursts can start late, and a short
+    window's aimed kills then all fall between them: nothing in flight, no takeover to
+    check)."""
     outage: float = 4.5
     """restart: seconds the server stays down each time."""
     first_crash: float = 2.0
@@ -228,19 +233,24 @@ def kill_storm(
     that runs are cut short mid-way and their takeovers measured; the others take a
     random process at a random moment. A kill that would leave no other process past
     start-up is skipped: the takeover bound assumes a survivor to take over (on a loaded
-    machine a restarted process can take seconds to start)."""
+    machine a restarted process can take seconds to start). Until an aimed kill has hit
+    a process executing, the storm may go on up to :attr:`Scenario.kill_overtime`
+    seconds past ``until``."""
     aimed = False
+    hit = False
     while True:
+        end = until if hit else until + scenario.kill_overtime
         wait = rng.uniform(*scenario.kill_every)
-        if time.time() + wait >= until:
+        if time.time() + wait >= end:
             pause(until - time.time(), fleet)
             return
         pause(wait, fleet)
         aimed = not aimed
         slots = list(range(scenario.processes))
+        busy = {}
         if aimed:
             due = next_burst(burst, time.time())
-            if due + 1.0 >= until:
+            if due + 1.0 >= end:
                 continue
             pause(due + 0.1 - time.time(), fleet)  # claimed, mostly started
             deadline = due + 1.0
@@ -252,6 +262,7 @@ def kill_storm(
         survivors = [other for other in range(scenario.processes) if other != slot]
         if fleet.processes[slot] is None or not any(map(fleet.is_ready, survivors)):
             continue
+        hit = hit or bool(busy)
         fleet.kill(slot)
         fleet.start(slot)
 
