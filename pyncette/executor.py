@@ -9,9 +9,12 @@ keyword arguments) are accepted as ``executor_cls`` too; see :func:`adapt`.
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextvars
 import functools
 import logging
-from collections.abc import Awaitable, Callable, Coroutine
+import types
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from types import TracebackType
 from typing import Any, Protocol
 
@@ -36,7 +39,15 @@ class Runner(Protocol):
 
 
 class DefaultExecutor:
-    """Runs each execution as its own asyncio task, at most ``concurrency_limit`` at once.
+    """Runs executions concurrently, at most ``concurrency_limit`` at once.
+
+    Each execution runs in one asyncio task from its start to its end, in a copy of the
+    context of the code that started it. Executions started together begin one after
+    another in one task; those that finish without waiting for anything end there, and
+    the first that waits keeps that task to itself while each one after it gets a task
+    of its own. So ``asyncio.current_task()`` in an execution that never waits is a task
+    that other executions ran in too: keep no reference to it for later (to cancel it,
+    say) once the execution has ended.
 
     The scheduler never claims more work than :attr:`capacity` allows, so a saturated
     instance leaves due tasks to other instances instead of hoarding leases.
@@ -46,6 +57,10 @@ class DefaultExecutor:
         self.concurrency_limit = concurrency_limit
         self._running: dict[Coroutine[Any, Any, None], asyncio.Future[Any]] = {}
         """Each running execution (its coroutine) with the task that runs it."""
+        self._queued: collections.deque[Coroutine[Any, Any, None]] = collections.deque()
+        """Executions :meth:`start` was given that have not yet begun."""
+        self._starter: asyncio.Task[None] | None = None
+        """The task that will begin the queued executions."""
         self._freed = asyncio.Event()
 
     async def __aenter__(self) -> DefaultExecutor:
@@ -73,15 +88,70 @@ class DefaultExecutor:
 
     @property
     def capacity(self) -> int:
-        return self.concurrency_limit - len(self._running)
+        return self.concurrency_limit - len(self._running) - len(self._queued)
 
     async def spawn(self, execution: Coroutine[Any, Any, None]) -> None:
         self.start(execution)
 
     def start(self, execution: Coroutine[Any, Any, None]) -> None:
         """:meth:`spawn` without waiting: what the poll loop calls when ``spawn`` is this
-        class's own (see :func:`starter`)."""
-        self._running[execution] = asyncio.get_running_loop().create_task(self._tracked(execution))
+        class's own (see :func:`starter`).
+
+        The execution begins at the loop's next turn, in its own copy of the current
+        context, in a task that begins the executions queued with it one after another.
+        Each that finishes without waiting for anything ends there. The first that waits
+        keeps that task to itself until it ends, and every execution still queued then
+        gets a task of its own, as all did before. So an execution runs in one task from
+        its start to its end, and a batch of executions that never wait costs one task,
+        not one each.
+        """
+        self._queued.append(execution)
+        if self._starter is None:
+            self._starter = asyncio.get_running_loop().create_task(self._begin_queued())
+
+    async def _begin_queued(self) -> None:
+        queued = self._queued
+        while queued:
+            execution = queued.popleft()
+            context = contextvars.copy_context()
+            try:
+                step = context.run(execution.send, None)
+            except StopIteration:
+                continue
+            except (KeyboardInterrupt, SystemExit):
+                self._hand_over()
+                raise
+            except BaseException as error:  # what a task of its own would have ended with
+                if not isinstance(error, asyncio.CancelledError):
+                    asyncio.get_running_loop().call_exception_handler(
+                        {"message": "Execution failed", "exception": error}
+                    )
+                continue
+            # it waits: this task is now the execution's own
+            self._running[execution] = self._hand_over()
+            try:
+                await _go_on(execution, context, step)
+            finally:
+                del self._running[execution]
+                self._freed.set()
+            return
+        self._starter = None
+        self._freed.set()
+
+    def _hand_over(self) -> asyncio.Task[None]:
+        """The starter task leaves the queue, each execution in it to a task of its own;
+        returns the starter."""
+        task = self._starter
+        assert task is not None
+        self._starter = None
+        queued, running = self._queued, self._running
+        if queued:
+            create_task = asyncio.get_running_loop().create_task
+            while queued:
+                execution = queued.popleft()
+                running[execution] = create_task(self._tracked(execution))
+        self._freed.set()
+        return task
 
     async def _tracked(self, execution: Coroutine[Any, Any, None]) -> None:
         """Run ``execution`` and free its place as it ends. Done here rather than in a
@@ -113,16 +183,54 @@ class DefaultExecutor:
 
     async def join(self) -> None:
         """Wait until every running execution has finished."""
-        while self._running:
-            done, _ = await asyncio.wait(list(self._running.values()))
+        while self._running or self._queued:
+            tasks: list[asyncio.Future[Any]] = list(self._running.values())
+            if self._starter is not None:
+                tasks.append(self._starter)
+            done, _ = await asyncio.wait(tasks)
+            if self._starter is not None and self._starter in done:
+                self._drop_queued()  # cancelled before it began them
             for execution, task in list(self._running.items()):
                 if task in done:  # one cancelled before it started has not left by itself
                     self._finished(execution)
 
     def cancel(self) -> None:
+        if self._starter is not None:
+            self._starter.cancel()
+            self._drop_queued()
         for execution, task in list(self._running.items()):
             task.cancel()
             task.add_done_callback(functools.partial(self._finished, execution))
+
+    def _drop_queued(self) -> None:
+        """Close the executions that have not begun (unawaited, without a warning)."""
+        self._starter = None
+        while self._queued:
+            self._queued.popleft().close()
+        self._freed.set()
+
+
+@types.coroutine
+def _go_on(
+    execution: Coroutine[Any, Any, None], context: contextvars.Context, step: Any
+) -> Generator[Any, None, None]:
+    """Run ``execution``, suspended at ``step`` (what it last yielded to its task), to its
+    end, each step in ``context``: the task that awaits this passes what the execution
+    yields to the event loop and throws what the task is thrown (a cancellation) into it."""
+    run = context.run
+    while True:
+        try:
+            yield step
+        except BaseException as error:
+            try:
+                step = run(execution.throw, error)
+            except StopIteration:
+                return
+        else:
+            try:
+                step = run(execution.send, None)
+            except StopIteration:
+                return
 
 
 class SynchronousExecutor(DefaultExecutor):

@@ -1,9 +1,12 @@
 """The default executor's bookkeeping: an execution frees its place as it ends (no done
-callback), and one cancelled before it started is cleaned up and never left unawaited."""
+callback), and one cancelled before it started is cleaned up and never left unawaited;
+executions that never wait share one task, and each execution keeps one task and its own
+context from its start to its end."""
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import gc
 import warnings
 
@@ -92,7 +95,8 @@ async def test_cancelled_while_running_each_one_leaves() -> None:
 
     executor.start(execution(0))
     executor.start(execution(1))
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # the first begins and waits: the second gets a task of its own
+    await asyncio.sleep(0)  # and begins
     executor.cancel()
     await asyncio.wait_for(executor.join(), 1)
     assert sorted(cancelled) == [0, 1]
@@ -105,8 +109,9 @@ async def test_join_returns_for_a_task_cancelled_from_outside_before_it_started(
     async def execution() -> None:
         await asyncio.sleep(10)
 
+    before = asyncio.all_tasks()
     executor.start(execution())
-    (task,) = list(executor._running.values())
+    (task,) = asyncio.all_tasks() - before
     task.cancel()  # not through executor.cancel(): no cleanup callback was added
     await asyncio.wait_for(executor.join(), 1)
     assert executor.capacity == executor.concurrency_limit
@@ -121,3 +126,97 @@ async def test_the_loop_starts_without_awaiting_only_the_default_spawn() -> None
     assert starter(default) == default.start
     assert starter(Spawns()) is None
     assert starter(SynchronousExecutor()) is None
+
+
+async def test_executions_that_never_wait_share_one_task() -> None:
+    executor = DefaultExecutor(concurrency_limit=10)
+    tasks: list[asyncio.Task[object] | None] = []
+
+    async def execution() -> None:
+        tasks.append(asyncio.current_task())
+
+    async with executor:
+        for _ in range(5):
+            executor.start(execution())
+        assert executor.capacity == 5
+    assert len(tasks) == 5
+    assert len(set(tasks)) == 1
+    assert tasks[0] is not asyncio.current_task()
+    assert executor.capacity == 10
+
+
+VAR: contextvars.ContextVar[str] = contextvars.ContextVar("VAR", default="unset")
+
+
+async def test_each_execution_keeps_its_task_and_its_own_context() -> None:
+    executor = DefaultExecutor(concurrency_limit=10)
+    seen: dict[int, tuple[str, asyncio.Task[object] | None, str, asyncio.Task[object] | None]] = {}
+
+    async def execution(index: int, waits: bool) -> None:
+        before = (VAR.get(), asyncio.current_task())
+        VAR.set(f"set by {index}")
+        if waits:
+            async with asyncio.timeout(5):  # bound to the task it began in
+                await asyncio.sleep(0.01)
+        seen[index] = (*before, VAR.get(), asyncio.current_task())
+
+    VAR.set("outer")
+    async with executor:
+        executor.start(execution(0, False))
+        executor.start(execution(1, True))  # takes the starting task to itself
+        executor.start(execution(2, False))  # then each of these gets a task of its own
+        executor.start(execution(3, True))
+    assert VAR.get() == "outer"
+    for index in range(4):
+        before, began_in, after, ended_in = seen[index]
+        assert before == "outer"  # nothing set by an execution before it
+        assert after == f"set by {index}"
+        assert began_in is ended_in
+    assert seen[0][1] is seen[1][1]
+    assert len({seen[index][1] for index in (1, 2, 3)}) == 3
+
+
+async def test_a_timeout_inside_a_waiting_execution_cancels_only_it() -> None:
+    executor = DefaultExecutor(concurrency_limit=10)
+    outcome: list[str] = []
+
+    async def slow() -> None:
+        try:
+            async with asyncio.timeout(0.01):
+                await asyncio.sleep(5)
+        except TimeoutError:
+            outcome.append("timed out")
+
+    async def quick() -> None:
+        outcome.append("quick")
+
+    async with executor:
+        executor.start(quick())
+        executor.start(slow())
+        executor.start(quick())
+    assert sorted(outcome) == ["quick", "quick", "timed out"]
+
+
+async def test_an_error_escaping_an_execution_that_never_waits_is_reported() -> None:
+    executor = DefaultExecutor(concurrency_limit=10)
+    ran: list[int] = []
+
+    async def failing() -> None:
+        raise RuntimeError("escaped")
+
+    async def fine(index: int) -> None:
+        ran.append(index)
+
+    loop = asyncio.get_running_loop()
+    errors: list[object] = []
+    loop.set_exception_handler(lambda _loop, context: errors.append(context.get("exception")))
+    try:
+        async with executor:
+            executor.start(fine(0))
+            executor.start(failing())
+            executor.start(fine(1))
+    finally:
+        loop.set_exception_handler(None)
+    assert ran == [0, 1]
+    assert [str(error) for error in errors] == ["escaped"]
+    assert executor.capacity == 10
