@@ -13,6 +13,7 @@ import datetime
 import functools
 import inspect
 import logging
+import operator
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -46,6 +47,7 @@ from pyncette.repository import (
     Record,
     Registration,
     Repository,
+    new_tuple,
 )
 from pyncette.task import (
     STATIC_GROUP,
@@ -93,9 +95,14 @@ def claimed_rows(group: str, records: Sequence[Record]) -> list[Claimed]:
         if lease is None or locked_until is None:
             raise RuntimeError(f"The backend returned claimed row {record.name!r} without a lease")
         rows.append(
-            Claimed(group, record.name, record.spec, record.scheduled_at, lease, locked_until)
+            new_tuple(
+                Claimed, (group, record.name, record.spec, record.scheduled_at, lease, locked_until)
+            )
         )
     return rows
+
+
+_LOCKED_UNTIL = operator.attrgetter("locked_until")
 
 
 class Worker:
@@ -352,7 +359,7 @@ class Worker:
                     self._hand_back(rows)
                     break
                 # a run that neither commits nor unlocks is claimable again at its expiry
-                expiry = min(row.locked_until for row in rows)
+                expiry = min(map(_LOCKED_UNTIL, rows))
                 wake_at = min(wake_at, expiry)
                 if elapsed * 2 >= (expiry - now).total_seconds():
                     rows = _trusted(rows, now, elapsed, self._hand_back)
@@ -710,7 +717,7 @@ class Worker:
             return
         if at_most_once:
             return
-        lease = context.lease
+        lease = context._lease  # (the property, without its call)
         if lease is None:
             logger.warning("Lease on %s was lost; not committing", task)
             return
@@ -726,7 +733,8 @@ class Worker:
                 attempt=attempt,
                 error=failure,
             )
-        self._commits.submit(row.group, Commit(row.name, lease, next_at, ended, self._history))
+        commit = new_tuple(Commit, (row.name, lease, next_at, ended, self._history))
+        self._commits.submit(row.group, commit)
 
     def _expired_before_start(self, task: Task, row: Claimed, now: datetime.datetime) -> None:
         """Do not start an at-least-once run whose lease has run out since it was claimed
@@ -777,7 +785,8 @@ class Worker:
         middlewares = self._middlewares
         if not middlewares:
             task = context.task
-            return task.func(context) if task.is_async else _in_thread(task.func, context)
+            func = task._func  # (the property, without its call)
+            return func(context) if task.is_async else _in_thread(func, context)
 
         def call(index: int) -> Awaitable[None]:
             if index == len(middlewares):

@@ -10,6 +10,7 @@ import hashlib
 import logging
 import operator
 from collections.abc import Awaitable, Callable, Sequence
+from itertools import chain
 from typing import Any, TypeVar
 
 from sqlalchemy import Table, exc, text
@@ -30,6 +31,7 @@ from pyncette.repository import (
     Repository,
     deliver_wake_up,
     fold_registrations,
+    new_tuple,
     wake_up_message,
 )
 from pyncette.sql.engine import (
@@ -233,9 +235,9 @@ class SqlRepository(Repository):
             rows = (await conn.execute(sql.claim_one, params)).all()
             claimed = sorted((r for r in rows if r[0] is not None), key=lambda r: (r[4], r[0]))
             hint = next((r[3] for r in rows if r[0] is None), None)
-            at = batch_instants()
-            records = [Record(r[0], r[1], at(r[2]), at(r[3]), lease) for r in claimed]
-            return ClaimResult(records, None if hint is None else at(hint))
+            return ClaimResult(
+                _claimed_records(claimed, lease), None if hint is None else from_epoch_us(hint)
+            )
 
         row_locks = self._caps.row_locks
         now_us = to_epoch_us(now)
@@ -262,8 +264,7 @@ class SqlRepository(Repository):
         async def returning(conn: AsyncConnection) -> ClaimResult:
             rows = list(await self._rows(conn, sql.claim_returning, params))
             rows.sort(key=_SCHEDULED_THEN_NAME)
-            at = batch_instants()
-            records = [Record(r[0], r[1], at(r[2]), at(r[3]), lease) for r in rows]
+            records = _claimed_records(rows, lease)
             # a full batch makes the core claim again at once; it ignores the hint
             hint = None if len(records) >= limit else await self._next_due(conn, params)
             return ClaimResult(records, hint)
@@ -323,7 +324,9 @@ class SqlRepository(Repository):
         keeps_history = False
         for chunk in chunks(batch, CHUNK):
             # one statement per kind of write, unless history follows it (not PostgreSQL)
-            history = any(item.history is not None and item.outcome is not None for item in chunk)
+            history = set(map(_HISTORY, chunk)) != _NONE_ONLY and any(
+                item.history is not None and item.outcome is not None for item in chunk
+            )
             keeps_history |= history
             atomic = not self._caps.returning or (history and not self._caps.array_params)
             # trimming history may meet the retention sweep: a deadlock victim runs again
@@ -726,6 +729,21 @@ def _history_arrays(commits: Sequence[Commit], now: datetime.datetime) -> dict[s
 
 _SCHEDULED_THEN_NAME = operator.itemgetter(2, 0)
 """The sort key of claimed rows ``(name, spec, scheduled_at, …)``."""
+_TIMES = operator.itemgetter(2, 3)
+_HISTORY = operator.attrgetter("history")
+_NONE_ONLY = {None}
+
+
+def _claimed_records(rows: Sequence[Sequence[Any]], lease: Lease) -> list[Record]:
+    """The records of claimed rows ``(name, spec, scheduled_at, due_at, …)``, times in
+    epoch microseconds: each distinct time (a batch mostly shares a few) is converted
+    once, and each record is built without a call of its own."""
+    times = set(chain.from_iterable(map(_TIMES, rows)))
+    instants = {micros: from_epoch_us(micros) for micros in times}
+    return [
+        new_tuple(Record, (row[0], row[1], instants[row[2]], instants[row[3]], lease, None))
+        for row in rows
+    ]
 
 
 def _owned(group: str, commits: Sequence[Commit]) -> dict[str, Any]:
