@@ -313,12 +313,14 @@ class SqlRepository(Repository):
         self, group: str, commits: Sequence[Commit], *, now: datetime.datetime
     ) -> list[str]:
         lost: list[str] = []
-        unique: dict[str, Commit] = {}
-        for item in commits:
-            if item.name in unique:
-                lost.append(item.name)  # the first one unlocks it; the rest are stale
-            else:
-                unique[item.name] = item
+        unique = dict(zip(map(_NAME, commits), commits, strict=True))
+        if len(unique) < len(commits):  # a row committed twice
+            unique = {}
+            for item in commits:
+                if item.name in unique:
+                    lost.append(item.name)  # the first one unlocks it; the rest are stale
+                else:
+                    unique[item.name] = item
         batch = list(unique.values())
         applied: set[str] = set()
         keeps_history = False
@@ -345,6 +347,8 @@ class SqlRepository(Repository):
                 )
         if keeps_history:
             await self._sweep(now)
+        if len(applied) == len(batch):
+            return lost
         return [item.name for item in batch if item.name not in applied] + lost
 
     async def _commit_chunk(
@@ -366,8 +370,16 @@ class SqlRepository(Repository):
         if check_first:
             owned = set((await conn.execute(sql.select_owned, _owned(group, chunk))).scalars())
             chunk = [item for item in chunk if item.name in owned]
-        moved = [item for item in chunk if item.next_at is not None]
-        done = [item for item in chunk if item.next_at is None]
+        moved: Sequence[Commit]
+        done: Sequence[Commit]
+        ends = list(map(_NEXT_AT, chunk)).count(None)
+        if ends == len(chunk):  # one-offs, mostly
+            moved, done = [], chunk
+        elif ends == 0:
+            moved, done = chunk, []
+        else:
+            moved = [item for item in chunk if item.next_at is not None]
+            done = [item for item in chunk if item.next_at is None]
         applied: set[str] = set()
         if self._caps.array_params:
             if moved:
@@ -426,9 +438,9 @@ class SqlRepository(Repository):
         applied to ``applied`` (all of them without ``RETURNING``, where the caller
         compares the row count returned with the rows it meant to write)."""
         if self._caps.returning:
-            names = [row[0] for row in await self._rows(conn, stmt, params)]
-            applied.update(names)
-            return len(names)
+            rows = await self._rows(conn, stmt, params)
+            applied.update(map(_FIRST, rows))
+            return len(rows)
         result = await conn.execute(stmt, params)
         applied.update(params["names"])
         return int(result.rowcount)
@@ -730,6 +742,10 @@ def _history_arrays(commits: Sequence[Commit], now: datetime.datetime) -> dict[s
 _SCHEDULED_THEN_NAME = operator.itemgetter(2, 0)
 """The sort key of claimed rows ``(name, spec, scheduled_at, …)``."""
 _TIMES = operator.itemgetter(2, 3)
+_FIRST = operator.itemgetter(0)
+_NAME = operator.attrgetter("name")
+_LEASE = operator.attrgetter("lease")
+_NEXT_AT = operator.attrgetter("next_at")
 _HISTORY = operator.attrgetter("history")
 _NONE_ONLY = {None}
 
@@ -747,11 +763,9 @@ def _claimed_records(rows: Sequence[Sequence[Any]], lease: Lease) -> list[Record
 
 
 def _owned(group: str, commits: Sequence[Commit]) -> dict[str, Any]:
-    return {
-        "group": group,
-        "names": [item.name for item in commits],
-        "pairs": [(item.name, item.lease) for item in commits],
-    }
+    names = list(map(_NAME, commits))
+    pairs = list(zip(names, map(_LEASE, commits), strict=True))
+    return {"group": group, "names": names, "pairs": pairs}
 
 
 async def _scalar(conn: AsyncConnection, statement: Any, params: dict[str, Any]) -> Any:

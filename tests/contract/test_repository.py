@@ -102,6 +102,19 @@ async def test_commit_moves_schedule_and_unlocks(repo: Repository) -> None:
     ] == ["a"]
 
 
+async def test_a_row_committed_twice_in_one_call_takes_the_first(repo: Repository) -> None:
+    await repo.register("g", [reg("a", T0), reg("b", T0)], now=T0, force=False)
+    await repo.claim("g", now=T0, limit=10, lease=A)
+    lost = await repo.commit(
+        "g", [Commit("a", A, T0 + 10 * S), Commit("b", A, None), Commit("a", A, None)], now=T0
+    )
+    assert lost == ["a"]  # the second: the first unlocked it
+    record = await repo.get("g", "a")
+    assert record is not None
+    assert (record.scheduled_at, record.locked_by) == (T0 + 10 * S, None)
+    assert await repo.get("g", "b") is None
+
+
 async def test_commit_with_wrong_lease_changes_nothing(repo: Repository) -> None:
     await repo.register("g", [reg("a", T0)], now=T0, force=False)
     await repo.claim("g", now=T0, limit=1, lease=A)
