@@ -156,6 +156,7 @@ def base_config(args: argparse.Namespace, backend: str, python: str) -> dict[str
         "concurrency_limit": args.concurrency_limit,
         "poll_interval": args.poll_interval,
         "run_history": args.run_history,
+        "job_sleep": args.job_sleep,
         # Compare mode: both sides use only the 1.x API; alone, we may use our bulk API.
         "api": "compat" if args.compare else "bulk",
         # Alone, count requests and server CPU (kept out of --compare's A/B runs).
@@ -603,6 +604,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help="no request counting or server CPU (for A/B runs against another commit)",
     )
     parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument(
+        "--job-sleep",
+        type=float,
+        metavar="SECONDS",
+        help="drain: each execution awaits asyncio.sleep(SECONDS) first (0 yields once); "
+        "by default it never waits",
+    )
     parser.add_argument("--concurrency-limit", type=int, default=100)
     parser.add_argument("--poll-interval", type=float, default=1.0, help="seconds")
     parser.add_argument("--interval", type=float, default=2.0, help="steady: seconds")

@@ -300,9 +300,12 @@ async def drain(config: dict[str, Any]) -> dict[str, Any]:
     idle_exit = config.get("idle_exit")
     holder: dict[str, Any] = {}
     window = Window(config)
+    job_sleep = config.get("job_sleep")
 
     @app.dynamic_task(name="bench_drain")
     async def bench_drain(context: Any) -> None:
+        if job_sleep is not None:  # a job that waits for something, as most do
+            await asyncio.sleep(job_sleep)
         stamps.append(time.time())
         seen.append(context.task.name)
         dues.append(context.scheduled_at.timestamp())

@@ -58,21 +58,25 @@ def options(backend: str, tmp_path: Path) -> dict[str, Any]:
     return {"sqlite_database": str(tmp_path / "bench.db")} if backend == "sqlite" else {}
 
 
-@pytest.mark.parametrize("kind", ["memory", "sqlite", "null"])
-def test_drain_runs_everything_once(kind: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("kind", "job_sleep"),
+    [("memory", None), ("sqlite", None), ("null", None), ("memory", 0.0), ("sqlite", 0.001)],
+)
+def test_drain_runs_everything_once(kind: str, job_sleep: float | None, tmp_path: Path) -> None:
     result = run_worker(
         {
             "scenario": "drain",
             "backend": kind,
             "options": options(kind, tmp_path),
             "api": "bulk",
-            "n": 50,
+            "n": 250,
             "timeout": 15,
+            "job_sleep": job_sleep,
         },
         tmp_path,
     )
-    assert result["executions"] == 50
-    assert result["unique"] == 50
+    assert result["executions"] == 250
+    assert result["unique"] == 250
     assert result["duplicates"] == 0
 
 
