@@ -107,7 +107,9 @@ class DefaultExecutor:
         """
         self._queued.append(execution)
         if self._starter is None:
-            self._starter = asyncio.get_running_loop().create_task(self._begin_queued())
+            starter = asyncio.get_running_loop().create_task(self._begin_queued())
+            starter.add_done_callback(self._starter_ended)
+            self._starter = starter
 
     async def _begin_queued(self) -> None:
         queued = self._queued
@@ -137,6 +139,13 @@ class DefaultExecutor:
             return
         self._starter = None
         self._freed.set()
+
+    def _starter_ended(self, task: asyncio.Future[None]) -> None:
+        """A starter still in place when it ends was cancelled before it began the queued
+        executions (from outside: the executor's own :meth:`cancel` drops them itself):
+        they are closed, so that their places come free."""
+        if task is self._starter:
+            self._drop_queued()
 
     def _hand_over(self) -> asyncio.Task[None]:
         """The starter task leaves the queue, each execution in it to a task of its own;

@@ -220,3 +220,23 @@ async def test_an_error_escaping_an_execution_that_never_waits_is_reported() -> 
     assert ran == [0, 1]
     assert [str(error) for error in errors] == ["escaped"]
     assert executor.capacity == 10
+
+
+async def test_a_starter_cancelled_from_outside_frees_the_places_of_its_queue() -> None:
+    executor = DefaultExecutor(concurrency_limit=3)
+    started: list[int] = []
+
+    async def execution(index: int) -> None:
+        started.append(index)
+
+    before = asyncio.all_tasks()
+    for index in range(3):
+        executor.start(execution(index))
+    (starter,) = asyncio.all_tasks() - before
+    starter.cancel()  # as a harness tearing down every task would
+    assert executor.capacity == 0
+    await asyncio.wait_for(executor.wait_for_capacity(), 1)  # no join() needed
+    assert executor.capacity == 3
+    executor.start(execution(3))  # a new batch begins as ever
+    await asyncio.wait_for(executor.join(), 1)
+    assert started == [3]
