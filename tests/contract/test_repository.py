@@ -102,16 +102,18 @@ async def test_commit_moves_schedule_and_unlocks(repo: Repository) -> None:
     ] == ["a"]
 
 
-async def test_a_row_committed_twice_in_one_call_takes_the_first(repo: Repository) -> None:
+async def test_a_row_committed_twice_in_one_call_takes_one_of_them(repo: Repository) -> None:
+    """Whichever applies first unlocks the row, and the other is reported lost (the SQL
+    backends and memory apply them in order; DynamoDB writes a commit's items at once)."""
     await repo.register("g", [reg("a", T0), reg("b", T0)], now=T0, force=False)
     await repo.claim("g", now=T0, limit=10, lease=A)
     lost = await repo.commit(
         "g", [Commit("a", A, T0 + 10 * S), Commit("b", A, None), Commit("a", A, None)], now=T0
     )
-    assert lost == ["a"]  # the second: the first unlocked it
+    assert lost == ["a"]
     record = await repo.get("g", "a")
-    assert record is not None
-    assert (record.scheduled_at, record.locked_by) == (T0 + 10 * S, None)
+    if record is not None:  # moved on by the first, not deleted by the second
+        assert (record.scheduled_at, record.locked_by) == (T0 + 10 * S, None)
     assert await repo.get("g", "b") is None
 
 
