@@ -808,7 +808,9 @@ class Task:
         Instances sharing a spec (the usual case for queues of one-off tasks) are parsed
         and validated once; later ones are shallow copies with their own name.
         """
-        prototypes = self.__dict__.setdefault("_prototypes", {})
+        prototypes = self.__dict__.get("_prototypes")
+        if prototypes is None:
+            prototypes = self.__dict__["_prototypes"] = {}
         prototype = prototypes.get(spec)
         if prototype is None:
             prototype = self._parse_spec(instance_name, spec)

@@ -721,6 +721,10 @@ class Worker:
         if lease is None:
             logger.warning("Lease on %s was lost; not committing", task)
             return
+        if task.interval is None and task.schedule is None and self._history is None:
+            # a one-off, without run history: its row goes, and nothing of the run is kept
+            self._commits.submit(row.group, new_tuple(Commit, (row.name, lease, None, None, None)))
+            return
         finished_at = self._clock.now()
         next_at = task.next_run(row.scheduled_at, finished_at, claimed_at=claimed_at)
         ended = None
