@@ -10,6 +10,7 @@ import contextvars
 import gc
 import warnings
 
+import anyio
 import pytest
 
 from pyncette.executor import DefaultExecutor, SynchronousExecutor, starter
@@ -176,7 +177,7 @@ async def test_each_execution_keeps_its_task_and_its_own_context() -> None:
     assert len({seen[index][1] for index in (1, 2, 3)}) == 3
 
 
-async def test_a_timeout_inside_a_waiting_execution_cancels_only_it() -> None:
+async def test_a_timeout_or_cancel_scope_in_a_waiting_execution_cancels_only_it() -> None:
     executor = DefaultExecutor(concurrency_limit=10)
     outcome: list[str] = []
 
@@ -190,11 +191,19 @@ async def test_a_timeout_inside_a_waiting_execution_cancels_only_it() -> None:
     async def quick() -> None:
         outcome.append("quick")
 
+    async def scoped() -> None:
+        with anyio.move_on_after(0.01) as scope:  # anyio checks it leaves in its own task
+            await anyio.sleep(5)
+        outcome.append("moved on" if scope.cancelled_caught else "slept")
+
     async with executor:
         executor.start(quick())
         executor.start(slow())
         executor.start(quick())
-    assert sorted(outcome) == ["quick", "quick", "timed out"]
+    async with executor:
+        executor.start(quick())
+        executor.start(scoped())  # begins in the task the first began in
+    assert sorted(outcome) == ["moved on", "quick", "quick", "quick", "timed out"]
 
 
 async def test_an_error_escaping_an_execution_that_never_waits_is_reported() -> None:
