@@ -196,9 +196,7 @@ class DefaultExecutor:
             tasks: list[asyncio.Future[Any]] = list(self._running.values())
             if self._starter is not None:
                 tasks.append(self._starter)
-            done, _ = await asyncio.wait(tasks)
-            if self._starter is not None and self._starter in done:
-                self._drop_queued()  # cancelled before it began them
+            done, _ = await asyncio.wait(tasks)  # (a starter ending drops what it left)
             for execution, task in list(self._running.items()):
                 if task in done:  # one cancelled before it started has not left by itself
                     self._finished(execution)

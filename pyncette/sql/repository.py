@@ -45,7 +45,7 @@ from pyncette.sql.engine import (
 )
 from pyncette.sql.precompiled import DriverStatements
 from pyncette.sql.statements import SWEEP_LIMIT, Statements
-from pyncette.timeutil import batch_instants, duration_us, from_epoch_us, to_epoch_us
+from pyncette.timeutil import duration_us, from_epoch_us, to_epoch_us
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
@@ -246,8 +246,7 @@ class SqlRepository(Repository):
             size = limit if row_locks else limit + 1
             rows = (await conn.execute(sql.claim_scan, {**params, "scan": size})).all()
             due = [row for row in rows[:limit] if row[3] <= now_us]
-            at = batch_instants()
-            records = [Record(r[0], r[1], at(r[2]), at(now_us + r[4]), lease) for r in due]
+            records = _claimed_records([(*r[:3], now_us + r[4]) for r in due], lease)
             if records:
                 names = [record.name for record in records]
                 await conn.execute(sql.claim_named, {**params, "names": names})
@@ -259,7 +258,7 @@ class SqlRepository(Repository):
             hints = [now_us + r[4] for r in due]
             if len(rows) > len(due):
                 hints.append(rows[len(due)][3])
-            return ClaimResult(records, at(min(hints)) if hints else None)
+            return ClaimResult(records, from_epoch_us(min(hints)) if hints else None)
 
         async def returning(conn: AsyncConnection) -> ClaimResult:
             rows = list(await self._rows(conn, sql.claim_returning, params))
