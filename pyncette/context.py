@@ -31,7 +31,7 @@ RESERVED_CONTEXT_NAMES = frozenset(
         "lease",
         "for_execution",
     }
-    | {"_lease", "_heartbeater", "_items"}
+    | {"_lease", "_heartbeater", "_held", "_items"}
 )
 
 

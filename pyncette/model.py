@@ -186,21 +186,24 @@ class Context:
     again after a failure."""
     _lease: Lease | None = None
     _heartbeater: Callable[[Context], Awaitable[None]] | None = None
+    _held: Any = None
+    """What the heartbeater keeps of the lease between beats (the scheduler's claimed
+    row): one attribute, so that starting an execution builds nothing for it."""
     _items: Mapping[str, Any] = MappingProxyType({})
 
     @classmethod
     def for_execution(
         cls,
-        *,
         app_context: PyncetteContext,
         task: Task,
         scheduled_at: datetime.datetime,
         lease: Lease | None,
         heartbeat: Callable[[Context], Awaitable[None]],
         items: Mapping[str, Any],
+        held: Any = None,
     ) -> Context:
         """The context of one execution (built by the scheduler); ``heartbeat(context)``
-        is what :meth:`heartbeat` calls."""
+        is what :meth:`heartbeat` calls, and ``held`` what it finds in ``context._held``."""
         context = cls()
         context.app_context = app_context
         context.task = task
@@ -208,6 +211,7 @@ class Context:
         context.args = dict(task.extra_args)
         context._lease = lease
         context._heartbeater = heartbeat
+        context._held = held
         context._items = items
         return context
 
