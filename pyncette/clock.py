@@ -30,18 +30,46 @@ class Clock(Protocol):
         ...
 
 
+def system_time() -> datetime.datetime:
+    """The current time, aware UTC, from the system's wall clock: what
+    ``pyncette.pyncette._current_time`` is until a test harness patches it."""
+    return datetime.datetime.now(datetime.UTC)
+
+
+_SYSTEM_DATETIME = datetime.datetime
+
+
+def wall_clock_deadline(clock: Clock, at: datetime.datetime) -> float | None:
+    """``at`` as a ``time.time()`` reading, when ``clock`` is the system's wall clock (a
+    :class:`DefaultClock` with nothing patched: ``_current_time`` is
+    :func:`system_time` and ``datetime.datetime`` is the real class); otherwise ``None``.
+    ``time.time() < deadline`` then says ``clock.now() < at`` without building a
+    datetime (time-travel libraries that replace ``datetime.datetime`` replace
+    ``time.time`` too, and are caught by the class check anyway)."""
+    if type(clock) is not DefaultClock or datetime.datetime is not _SYSTEM_DATETIME:
+        return None
+    if _core_module()._current_time is not system_time:
+        return None
+    return at.timestamp()
+
+
+def _core_module() -> ModuleType:
+    global _core
+    if _core is None:
+        from pyncette import pyncette as core
+
+        _core = core
+    return _core
+
+
 class DefaultClock:
     """Reads the time through ``pyncette.pyncette._current_time`` and waits through
     ``asyncio.sleep`` / ``asyncio.wait_for``, each looked up at call time, so a test
     harness written for Pyncette can drive the whole scheduler by patching them."""
 
     def now(self) -> datetime.datetime:
-        global _core
-        if _core is None:
-            from pyncette import pyncette as core
-
-            _core = core
-        now: datetime.datetime = _core._current_time()  # looked up at every call
+        core = _core if _core is not None else _core_module()
+        now: datetime.datetime = core._current_time()  # looked up at every call
         return now
 
     async def sleep(self, seconds: float) -> None:

@@ -11,14 +11,14 @@ scheduler in virtual time.
 from __future__ import annotations
 
 import datetime
+from collections.abc import Callable
 
 from pyncette.app import Pyncette
+from pyncette.clock import system_time
 from pyncette.context import PyncetteContext
 
-
-def _current_time() -> datetime.datetime:
-    """The current time, aware UTC. The default clock reads time only through this."""
-    return datetime.datetime.now(datetime.UTC)
+_current_time: Callable[[], datetime.datetime] = system_time
+"""The current time, aware UTC. The default clock reads time only through this."""
 
 
 __all__ = ["Pyncette", "PyncetteContext", "_current_time"]

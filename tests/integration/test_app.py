@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,8 @@ import pytest
 
 import pyncette.pyncette
 from harness import T0
-from pyncette import Context, Pyncette
+from pyncette import Context, FailureMode, Pyncette
+from pyncette.clock import DefaultClock, wall_clock_deadline
 from pyncette.memory import memory_repository
 from pyncette.utils import with_heartbeat
 
@@ -84,6 +86,81 @@ async def test_default_clock_is_driven_by_patching_the_seams(
     # claimed at 5 s with a 4 s lease: the heartbeat moved the expiry past 9 s
     assert beats and beats[0] is not None and beats[0] > T0 + 9 * S
     assert {"sleep", "wait_for"} <= set(waits)
+
+
+@pytest.mark.anyio
+async def test_a_run_whose_lease_ran_out_while_the_loop_was_blocked_is_not_started() -> None:
+    """On the system clock the worker checks a run's lease against a ``time.time()``
+    reading (no datetime built): a run whose lease expired while an earlier run of the
+    same batch blocked the loop is still not started under that lease; it runs once,
+    claimed again."""
+    app = Pyncette(repository_factory=memory_repository, batch_size=10)
+    leases: dict[str, object] = {}
+
+    @app.dynamic_task(lease_duration=datetime.timedelta(seconds=0.5))
+    async def job(context: Context) -> None:
+        leases[context.task.name] = context.lease
+        if context.task.name == "a":
+            time.sleep(0.8)  # blocks the loop past the batch's leases
+        if len(leases) == 2:
+            context.app_context.shutdown()
+
+    async with app.create() as ctx:
+        due = datetime.datetime.now(datetime.UTC) - S
+        await ctx.schedule_tasks(job, {"a": {"execute_at": due}, "b": {"execute_at": due}})
+        await asyncio.wait_for(ctx.run(), 30)
+    assert set(leases) == {"a", "b"}
+    assert leases["a"] != leases["b"], "b started under the lease that expired before it began"
+
+
+@pytest.mark.anyio
+async def test_a_run_started_on_the_system_clock_stores_when_it_started() -> None:
+    """The start of a run the worker began without building a datetime is derived from
+    the same ``time.time()`` reading when its outcome needs it (here: a failed one-off
+    that stays, unlocked, with the failure stored)."""
+    app = Pyncette(repository_factory=memory_repository)
+    window: list[datetime.datetime] = []
+
+    @app.dynamic_task(failure_mode=FailureMode.UNLOCK)
+    async def job(context: Context) -> None:
+        window.append(datetime.datetime.now(datetime.UTC))
+        await asyncio.sleep(0.05)
+        context.app_context.shutdown()
+        raise RuntimeError("failed on purpose")
+
+    async with app.create() as ctx:
+        before = datetime.datetime.now(datetime.UTC)
+        await ctx.schedule_task(job, "once", execute_at=before - S)
+        await asyncio.wait_for(ctx.run(), 30)
+        state = await ctx.get_task(job, "once")
+    assert state is not None and state.last_run_at is not None and window
+    assert before <= state.last_run_at <= window[0]
+    assert state.last_error is not None and "failed on purpose" in state.last_error
+    assert state.last_duration is not None
+    assert state.last_duration >= datetime.timedelta(seconds=0.05)
+
+
+def test_the_wall_clock_deadline_is_given_only_for_the_unpatched_system_clock(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    at = datetime.datetime(2026, 12, 4, 12, 0, tzinfo=datetime.UTC)
+    assert wall_clock_deadline(DefaultClock(), at) == at.timestamp()
+
+    class OwnClock(DefaultClock):
+        pass
+
+    assert wall_clock_deadline(OwnClock(), at) is None
+    with monkeypatch.context() as patched:
+        patched.setattr(pyncette.pyncette, "_current_time", lambda: at)
+        assert wall_clock_deadline(DefaultClock(), at) is None
+
+    class FrozenDatetime(datetime.datetime):
+        pass
+
+    with monkeypatch.context() as patched:
+        patched.setattr(datetime, "datetime", FrozenDatetime)
+        assert wall_clock_deadline(DefaultClock(), at) is None
+    assert wall_clock_deadline(DefaultClock(), at) == at.timestamp()
 
 
 SCRIPT = """
