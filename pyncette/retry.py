@@ -119,17 +119,23 @@ async def retry(
     retry_on: tuple[type[BaseException], ...] = (Exception,),
     retry_if: Callable[[BaseException, int], bool] | None = None,
     on_retry: Callable[[int, BaseException, float], None] | None = None,
+    failed: BaseException | None = None,
 ) -> T:
     """Call ``operation`` until it succeeds, at most ``attempts`` times; the last
     failure propagates, as does any failure that is not one of ``retry_on`` or for which
     ``retry_if(error, attempt)`` is false (``attempt``: how many calls failed so far).
     ``sleep`` is the caller's clock, so tests drive it in virtual time; inside a
     repository call it is :func:`pyncette.clock.real_sleep`. ``on_retry(attempt, error,
-    delay)`` is told before each wait."""
+    delay)`` is told before each wait. ``failed``: the caller already made the first
+    call, which raised this; it counts as attempt 1 (a caller that tries once without
+    this machinery, and comes here only when that fails)."""
     attempt = 0
     while True:
         attempt += 1
         try:
+            if failed is not None:
+                error, failed = failed, None
+                raise error
             return await operation()
         except retry_on as error:
             if attempt >= attempts or (retry_if is not None and not retry_if(error, attempt)):

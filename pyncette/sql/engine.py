@@ -320,13 +320,47 @@ class PooledConnections:
         """Nothing to give back: the pool is the engine's, closed by whoever made it."""
 
 
+async def run_retrying(
+    connections: PooledConnections | HeldConnection,
+    operation: Callable[[AsyncConnection], Awaitable[T]],
+    *,
+    attempts: int,
+    failed: BaseException | None = None,
+) -> T:
+    """Run ``operation`` on ``connections`` (see :func:`retry_dropped`); a transaction
+    the database rolled back as a conflict (:func:`is_conflict`) is run again, up to
+    ``attempts`` times in all (:data:`~pyncette.retry.CONFLICT` back-off). ``failed``:
+    the caller already ran it once, and it raised this (see
+    :func:`pyncette.retry.retry`)."""
+    first = [failed] if failed is not None else []
+
+    def attempt() -> Awaitable[T]:
+        return retry_dropped(connections, operation, failed=first.pop() if first else None)
+
+    return await retry.retry(
+        attempt,
+        policy=retry.CONFLICT,
+        attempts=attempts,
+        sleep=real_sleep,
+        retry_if=_conflict_retry_if,
+        on_retry=functools.partial(log_retry, logging.DEBUG, "Transaction conflict"),
+    )
+
+
+def _conflict_retry_if(error: BaseException, _attempt: int) -> bool:
+    return is_conflict(error)
+
+
 async def retry_dropped(
     connections: PooledConnections | HeldConnection,
     operation: Callable[[AsyncConnection], Awaitable[T]],
+    *,
+    failed: BaseException | None = None,
 ) -> T:
     """Run ``operation`` on ``connections``; if the connection turns out to be dead (a
     database restart, a connection the server killed), run it once more
-    (:data:`~pyncette.retry.SQL_RECONNECT_ATTEMPTS`).
+    (:data:`~pyncette.retry.SQL_RECONNECT_ATTEMPTS`). ``failed``: as for
+    :func:`pyncette.retry.retry`.
 
     SQLAlchemy invalidates the whole pool when it sees a disconnect, so the second run
     gets a fresh connection. A connection dropped *while* a statement ran may have
@@ -342,6 +376,7 @@ async def retry_dropped(
         retry_on=(exc.DBAPIError,),
         retry_if=lambda error, _: bool(getattr(error, "connection_invalidated", False)),
         on_retry=functools.partial(log_retry, logging.INFO, "Database connection was dropped"),
+        failed=failed,
     )
 
 
@@ -413,23 +448,31 @@ def is_conflict(error: BaseException) -> bool:
 _UNAVAILABLE = (exc.OperationalError, exc.InterfaceError, exc.TimeoutError, OSError)
 
 
-@asynccontextmanager
-async def translate_errors(where: str) -> AsyncIterator[None]:
-    """The adapter edge: connection failures become :class:`BackendUnavailableError`.
+def unavailable(error: BaseException, where: str) -> BackendUnavailableError | None:
+    """The adapter edge: the :class:`BackendUnavailableError` a connection failure
+    becomes; ``None`` for any other error (raised as it is).
 
     ``where`` must already be masked. Driver messages name hosts and users but never
     passwords; the message is built from them and the masked location only.
     """
+    if isinstance(error, exc.DBAPIError):
+        if not (error.connection_invalidated or isinstance(error, _UNAVAILABLE)):
+            return None
+        cause: BaseException = error.orig if error.orig is not None else error
+    elif isinstance(error, _UNAVAILABLE):
+        cause = error
+    else:
+        return None
+    return BackendUnavailableError(f"{where} is unavailable: {type(cause).__name__}: {cause}")
+
+
+@asynccontextmanager
+async def translate_errors(where: str) -> AsyncIterator[None]:
+    """:func:`unavailable` around the block."""
     try:
         yield
-    except exc.DBAPIError as error:
-        if not (error.connection_invalidated or isinstance(error, _UNAVAILABLE)):
+    except Exception as error:
+        translated = unavailable(error, where)
+        if translated is None:
             raise
-        cause = error.orig if error.orig is not None else error
-        raise BackendUnavailableError(
-            f"{where} is unavailable: {type(cause).__name__}: {cause}"
-        ) from error
-    except _UNAVAILABLE as error:
-        raise BackendUnavailableError(
-            f"{where} is unavailable: {type(error).__name__}: {error}"
-        ) from error
+        raise translated from error

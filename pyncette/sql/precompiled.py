@@ -80,7 +80,11 @@ class DriverStatements:
     ) -> Sequence[Any]:
         """The rows ``statement`` returns for ``params``, as tuples."""
         compiled = self.precompiled(statement)
-        raw = await conn.get_raw_connection()
+        sync = conn.sync_connection
+        if sync is not None and not (sync.closed or sync.invalidated):
+            raw = sync.connection  # checked out and valid: read without a greenlet hop
+        else:
+            raw = await conn.get_raw_connection()
         driver = raw.driver_connection
         if not isinstance(driver, FusedConnection):
             raise TypeError(f"{type(driver).__name__} is not this project's SQLite driver")

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from pyncette import retry
 from pyncette.batching import chunks
-from pyncette.clock import real_sleep, real_timeout
+from pyncette.clock import real_timeout
 from pyncette.errors import BackendUnavailableError
 from pyncette.model import ContinuationToken, Lease
 from pyncette.repository import (
@@ -38,10 +38,9 @@ from pyncette.sql.engine import (
     Capabilities,
     HeldConnection,
     PooledConnections,
-    is_conflict,
-    log_retry,
-    retry_dropped,
+    run_retrying,
     translate_errors,
+    unavailable,
 )
 from pyncette.sql.precompiled import DriverStatements
 from pyncette.sql.statements import SWEEP_LIMIT, Statements
@@ -165,15 +164,16 @@ class SqlRepository(Repository):
         times in all (:data:`~pyncette.retry.CONFLICT` back-off); unreachable storage is
         ``BackendUnavailableError``."""
         connections = self._pooled if atomic else self._single
-        async with translate_errors(self._where):
-            return await retry.retry(
-                functools.partial(retry_dropped, connections, operation),
-                policy=retry.CONFLICT,
-                attempts=attempts,
-                sleep=real_sleep,
-                retry_if=lambda error, _: is_conflict(error),
-                on_retry=functools.partial(log_retry, logging.DEBUG, "Transaction conflict"),
-            )
+        try:
+            try:  # the usual case first: one run, without the retry machinery's calls
+                return await connections.run(operation)
+            except Exception as error:
+                return await run_retrying(connections, operation, attempts=attempts, failed=error)
+        except Exception as error:
+            translated = unavailable(error, self._where)
+            if translated is None:
+                raise
+            raise translated from error
 
     async def close(self) -> None:
         """Give back the connection held for single statements, if any (the pool itself

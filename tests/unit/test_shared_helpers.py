@@ -359,6 +359,100 @@ async def _raise(error: Exception) -> None:
     raise error
 
 
+@pytest.mark.anyio
+async def test_retry_counts_a_failure_the_caller_already_had_as_the_first_attempt() -> None:
+    calls: list[int] = []
+    told: list[int] = []
+
+    async def sleep(seconds: float) -> None:
+        pass
+
+    async def succeeding() -> str:
+        calls.append(len(calls) + 1)
+        return "done"
+
+    result = await retry.retry(
+        succeeding,
+        policy=retry.POLL,
+        attempts=3,
+        sleep=sleep,
+        on_retry=lambda attempt, _, delay: told.append(attempt),
+        failed=OSError("the caller's own try"),
+    )
+    assert (result, calls, told) == ("done", [1], [1])
+    with pytest.raises(OSError, match="the caller's own try"):
+        await retry.retry(
+            succeeding,
+            policy=retry.POLL,
+            attempts=1,
+            sleep=sleep,
+            failed=OSError("the caller's own try"),
+        )
+    with pytest.raises(KeyError):  # not one of retry_on: raised as it is, nothing called
+        await retry.retry(
+            succeeding,
+            policy=retry.POLL,
+            attempts=5,
+            sleep=sleep,
+            retry_on=(OSError,),
+            failed=KeyError("x"),
+        )
+    assert calls == [1]
+
+
+class _Failing:
+    """``connections`` whose runs raise the given errors in turn, then succeed."""
+
+    def __init__(self, *errors: BaseException) -> None:
+        self.errors = list(errors)
+        self.runs = 0
+
+    async def run(self, operation: Any) -> str:
+        self.runs += 1
+        if self.errors:
+            raise self.errors.pop(0)
+        return "ran"
+
+
+def _dropped() -> Exception:
+    from sqlalchemy import exc
+
+    return exc.DBAPIError("SELECT 1", {}, ConnectionError("gone"), connection_invalidated=True)
+
+
+def _deadlock() -> Exception:
+    from sqlalchemy import exc
+
+    return exc.IntegrityError("INSERT", {}, Exception("duplicate key"))
+
+
+@pytest.mark.anyio
+async def test_sql_runs_retry_a_dropped_connection_inside_each_conflict_attempt() -> None:
+    from sqlalchemy import exc
+
+    from pyncette.sql.engine import run_retrying
+
+    # the caller's own try was dropped: one more run on a fresh connection
+    connections = _Failing()
+    assert await run_retrying(connections, None, attempts=1, failed=_dropped()) == "ran"  # type: ignore[arg-type]
+    assert connections.runs == 1
+    # dropped twice in one conflict attempt: that attempt fails, and without more
+    # conflict attempts the error is raised
+    connections = _Failing(_dropped())
+    with pytest.raises(exc.DBAPIError):
+        await run_retrying(connections, None, attempts=1, failed=_dropped())  # type: ignore[arg-type]
+    assert connections.runs == 1
+    # a conflict, then a dropped connection, then success: three conflict attempts allowed
+    connections = _Failing(_dropped())
+    assert await run_retrying(connections, None, attempts=3, failed=_deadlock()) == "ran"  # type: ignore[arg-type]
+    assert connections.runs == 2
+    # a conflict with a single attempt: raised, not run again
+    connections = _Failing()
+    with pytest.raises(exc.IntegrityError):
+        await run_retrying(connections, None, attempts=1, failed=_deadlock())  # type: ignore[arg-type]
+    assert connections.runs == 0
+
+
 def test_redis_retries_with_the_driver_and_pyncettes_numbers() -> None:
     options = _client_options(RedisSettings())
     driver_retry = options["retry"]
