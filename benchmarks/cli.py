@@ -221,6 +221,8 @@ def scenario_drain(services: Services, args: argparse.Namespace, report: Report)
         print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         rates: dict[str, list[float]] = {python: [] for python in pythons(args)}
         profile_top: list[dict[str, Any]] = []
+        with_ceiling = not args.compare and args.ceiling and backend in CEILINGS
+        ceilings: list[tuple[dict[str, Any], dict[str, Any]]] = []
         for rep in range(args.repeat):
             for python in pythons(args):
                 extra: dict[str, Any] = {}
@@ -239,9 +241,11 @@ def scenario_drain(services: Services, args: argparse.Namespace, report: Report)
                         f"{fmt(result.get('setup_s'), 2)} | {fmt(result['peak_rss_mib'], 1)} |",
                         flush=True,
                     )
+            if with_ceiling:  # right after the drain it is set against (the load drifts)
+                ceilings.append(ceiling_runs(services, args, backend, report))
         summarize(rates, "executions/s")
-        if not args.compare and args.ceiling and backend in CEILINGS:
-            ceiling_of(services, args, backend, report, rates[OURS])
+        if with_ceiling:
+            print_ceiling(backend, ceilings, rates[OURS])
         print_profile_top(profile_top)
 
 
@@ -288,15 +292,30 @@ def ceiling_once(
         return run_worker(OURS, common, timeout=args.timeout, script=CEILING)
 
 
-def ceiling_of(
-    services: Services,
-    args: argparse.Namespace,
-    backend: str,
-    report: Report,
-    ours: list[float],
+def ceiling_runs(
+    services: Services, args: argparse.Namespace, backend: str, report: Report
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One plain-driver drain and one drain through our repository alone, each checked
+    to have drained every row."""
+    with noted(report, f"ceiling {backend}"):
+        result = ceiling_once(services, args, backend)
+        report.record("ceiling", backend, "plain driver", result)
+        if result["executions"] != args.n:
+            report.fail(f"ceiling {backend}: drained {result['executions']} of {args.n}")
+        bare = ceiling_once(services, args, backend, repository=True)
+        report.record("ceiling", backend, "repository alone", bare)
+        if bare["executions"] != args.n:
+            report.fail(f"repository alone {backend}: drained {bare['executions']} of {args.n}")
+    return result, bare
+
+
+def print_ceiling(
+    backend: str, runs: list[tuple[dict[str, Any], dict[str, Any]]], ours: list[float]
 ) -> None:
     """The plain driver's rate for the same work, our fraction of it, and between the two
-    the rate of our repository without the scheduler (runs alternate)."""
+    the rate of our repository without the scheduler. Each run of the ceiling and of the
+    repository alone followed a drain of ours, so besides the medians each drain is set
+    against the ceiling run beside it (per-run fractions, and their median)."""
     print(
         f"\nceiling — {backend}: the same claims and commits with the plain driver, and "
         "through this project's repository alone (no scheduler)\n"
@@ -308,24 +327,15 @@ def ceiling_of(
     print("|---|---:|---:|---:|---:|---:|")
     rates: list[float] = []
     alone: list[float] = []
-    for rep in range(args.repeat):
-        with noted(report, f"ceiling {backend}"):
-            result = ceiling_once(services, args, backend)
-            report.record("ceiling", backend, "plain driver", result)
-            if result["executions"] != args.n:
-                report.fail(f"ceiling {backend}: drained {result['executions']} of {args.n}")
-            rates.append(result["rate"] or 0.0)
-            bare = ceiling_once(services, args, backend, repository=True)
-            report.record("ceiling", backend, "repository alone", bare)
-            if bare["executions"] != args.n:
-                report.fail(f"repository alone {backend}: drained {bare['executions']} of {args.n}")
-            alone.append(bare["rate"] or 0.0)
-            print(
-                f"| {rep + 1} | {fmt(result['rate'])} | "
-                f"{fmt(result['requests_per_execution'], 4)} | {fmt(bare['rate'])} | "
-                f"{fmt(bare['requests_per_execution'], 4)} | {fmt(bare['client_cpu_us'], 1)} |",
-                flush=True,
-            )
+    for rep, (result, bare) in enumerate(runs):
+        rates.append(result["rate"] or 0.0)
+        alone.append(bare["rate"] or 0.0)
+        print(
+            f"| {rep + 1} | {fmt(result['rate'])} | "
+            f"{fmt(result['requests_per_execution'], 4)} | {fmt(bare['rate'])} | "
+            f"{fmt(bare['requests_per_execution'], 4)} | {fmt(bare['client_cpu_us'], 1)} |",
+            flush=True,
+        )
     if rates and ours:
         ceiling = statistics.median(rates)
         fraction = statistics.median(ours) / ceiling if ceiling else float("nan")
@@ -342,6 +352,14 @@ def ceiling_of(
             f"{statistics.median(ours) / repository_rate * 100:.0f}% of the repository alone",
             flush=True,
         )
+        fractions = [mine / theirs for mine, theirs in zip(ours, rates, strict=False) if theirs]
+        if len(fractions) > 1:
+            print(
+                "each drain against the ceiling run beside it: "
+                + ", ".join(f"{f * 100:.0f}%" for f in fractions)
+                + f"; median {statistics.median(fractions) * 100:.0f}%",
+                flush=True,
+            )
 
 
 def summarize(values: dict[str, list[float]], unit: str) -> None:

@@ -92,6 +92,22 @@ def test_the_repository_alone_drains_what_setup_registered(tmp_path: Path) -> No
     assert result["client_cpu_us"] > 0
 
 
+def test_each_ceiling_run_follows_the_drain_it_is_set_against(tmp_path: Path) -> None:
+    """With ``--repeat``, every drain of ours is followed by its ceiling run and its
+    repository-alone run (the machine's load drifts between runs), and the report sets
+    each drain against the ceiling run beside it."""
+    results = tmp_path / "results.jsonl"
+    arguments = ["drain", "--backend", "sqlite", "-n", "300", "--repeat", "2"]
+    completed = run_module("benchmarks", *arguments, "--no-count", "--json", str(results))
+    assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-2000:]
+    rows = [json.loads(line) for line in results.read_text().splitlines()]
+    order = [(row["scenario"], row["who"]) for row in rows]
+    one = [("drain", "ours"), ("ceiling", "plain driver"), ("ceiling", "repository alone")]
+    assert order == one * 2
+    assert all(row["executions"] == 300 for row in rows)
+    assert "each drain against the ceiling run beside it: " in completed.stdout
+
+
 @pytest.mark.parametrize("kind", ["memory", "sqlite"])
 def test_steady_keeps_up(kind: str, tmp_path: Path) -> None:
     result = run_worker(
