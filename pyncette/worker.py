@@ -816,7 +816,8 @@ class Worker:
         middlewares = self._middlewares
         if not middlewares:
             task = context.task
-            return _in_thread(task.func, context) if not task.is_async else task.func(context)
+            func = task._func  # (the property, without its call)
+            return func(context) if task.is_async else _in_thread(func, context)
 
         def call(index: int) -> Awaitable[None]:
             if index == len(middlewares):
