@@ -68,8 +68,7 @@ class DefaultClock:
     harness written for Pyncette can drive the whole scheduler by patching them."""
 
     def now(self) -> datetime.datetime:
-        core = _core if _core is not None else _core_module()
-        now: datetime.datetime = core._current_time()  # looked up at every call
+        now: datetime.datetime = _core_module()._current_time()  # looked up at every call
         return now
 
     async def sleep(self, seconds: float) -> None:

@@ -332,10 +332,12 @@ async def run_retrying(
     ``attempts`` times in all (:data:`~pyncette.retry.CONFLICT` back-off). ``failed``:
     the caller already ran it once, and it raised this (see
     :func:`pyncette.retry.retry`)."""
-    first = [failed] if failed is not None else []
+    pending = failed
 
     def attempt() -> Awaitable[T]:
-        return retry_dropped(connections, operation, failed=first.pop() if first else None)
+        nonlocal pending
+        error, pending = pending, None  # the caller's failure continues the first attempt
+        return retry_dropped(connections, operation, failed=error)
 
     return await retry.retry(
         attempt,
