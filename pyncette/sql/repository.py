@@ -10,7 +10,6 @@ import hashlib
 import logging
 import operator
 from collections.abc import Awaitable, Callable, Sequence
-from itertools import chain
 from typing import Any, TypeVar
 
 from sqlalchemy import Table, exc, text
@@ -44,7 +43,7 @@ from pyncette.sql.engine import (
 )
 from pyncette.sql.precompiled import DriverStatements
 from pyncette.sql.statements import SWEEP_LIMIT, Statements
-from pyncette.timeutil import duration_us, from_epoch_us, to_epoch_us
+from pyncette.timeutil import EPOCH, duration_us, from_epoch_us, to_epoch_us
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
@@ -740,7 +739,6 @@ def _history_arrays(commits: Sequence[Commit], now: datetime.datetime) -> dict[s
 
 _SCHEDULED_THEN_NAME = operator.itemgetter(2, 0)
 """The sort key of claimed rows ``(name, spec, scheduled_at, …)``."""
-_TIMES = operator.itemgetter(2, 3)
 _FIRST = operator.itemgetter(0)
 _NAME = operator.attrgetter("name")
 _LEASE = operator.attrgetter("lease")
@@ -751,14 +749,22 @@ _NONE_ONLY = {None}
 
 def _claimed_records(rows: Sequence[Sequence[Any]], lease: Lease) -> list[Record]:
     """The records of claimed rows ``(name, spec, scheduled_at, due_at, …)``, times in
-    epoch microseconds: each distinct time (a batch mostly shares a few) is converted
-    once, and each record is built without a call of its own."""
-    times = set(chain.from_iterable(map(_TIMES, rows)))
-    instants = {micros: from_epoch_us(micros) for micros in times}
-    return [
-        new_tuple(Record, (row[0], row[1], instants[row[2]], instants[row[3]], lease, None))
-        for row in rows
-    ]
+    epoch microseconds. The rows come sorted by scheduled time and mostly share their
+    lease expiry, so a time equal to the previous row's reuses its conversion; each
+    record is built without a call of its own."""
+    records: list[Record] = []
+    append = records.append
+    scheduled_us = due_us = None
+    scheduled = due = EPOCH
+    for row in rows:
+        if row[2] != scheduled_us:
+            scheduled_us = row[2]
+            scheduled = from_epoch_us(scheduled_us)
+        if row[3] != due_us:
+            due_us = row[3]
+            due = scheduled if due_us == scheduled_us else from_epoch_us(due_us)
+        append(new_tuple(Record, (row[0], row[1], scheduled, due, lease, None)))
+    return records
 
 
 def _owned(group: str, commits: Sequence[Commit]) -> dict[str, Any]:
