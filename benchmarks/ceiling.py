@@ -58,14 +58,21 @@ def lease() -> str:
     return secrets.token_hex(16)
 
 
-def finish(executions: int, requests: int, started: float) -> dict[str, Any]:
-    elapsed = time.perf_counter() - started
+def begin() -> tuple[float, float]:
+    """The clock and this process's CPU time at the start of the drain."""
+    return time.perf_counter(), time.process_time()
+
+
+def finish(executions: int, requests: int, started: tuple[float, float]) -> dict[str, Any]:
+    elapsed = time.perf_counter() - started[0]
+    cpu = time.process_time() - started[1]
     return {
         "executions": executions,
         "requests": requests,
         "elapsed_s": elapsed,
         "rate": executions / elapsed if elapsed else None,
         "requests_per_execution": requests / executions if executions else None,
+        "client_cpu_us": cpu / executions * 1e6 if executions else None,
     }
 
 
@@ -98,7 +105,7 @@ async def postgres(config: dict[str, Any]) -> dict[str, Any]:
         claim = await connection.prepare(PG_CLAIM.format(t=table))
         commit = await connection.prepare(PG_COMMIT.format(t=table))
         executions = requests = 0
-        started = time.perf_counter()
+        started = begin()
         while True:
             token = lease()
             now = epoch_us(datetime.datetime.now(UTC))
@@ -143,7 +150,7 @@ async def mysql(config: dict[str, Any]) -> dict[str, Any]:
                 "FOR UPDATE SKIP LOCKED"
             )
             executions = requests = 0
-            started = time.perf_counter()
+            started = begin()
             while True:
                 token = lease().encode()
                 now = epoch_us(datetime.datetime.now(UTC))
@@ -204,7 +211,7 @@ def sqlite(config: dict[str, Any]) -> dict[str, Any]:
             "FROM json_each(?)) RETURNING name"
         )
         executions = requests = 0
-        started = time.perf_counter()
+        started = begin()
         while True:
             token = lease()
             now = epoch_us(datetime.datetime.now(UTC))
@@ -257,7 +264,7 @@ async def redis(config: dict[str, Any]) -> dict[str, Any]:
         commit = await client.script_load(lua_source("commit"))
         batch = config["batch_size"]
         executions = requests = 0
-        started = time.perf_counter()
+        started = begin()
         while True:
             token = lease()
             now = epoch_us(datetime.datetime.now(UTC))
@@ -387,7 +394,7 @@ def dynamodb(config: dict[str, Any], *, partiql: bool = False) -> dict[str, Any]
         return -(-count // 25) if partiql else count
 
     executions = requests = 0
-    started = time.perf_counter()
+    started = begin()
     with ThreadPoolExecutor(16) as pool:
         while True:
             token = lease()

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from benchmarks.services import (
     BACKENDS,
     CHOICES,
     DYNAMODB,
+    IN_PROCESS_CEILINGS,
     NO_PYNCETTE11,
     SHARED,
     Services,
@@ -220,6 +221,7 @@ def scenario_drain(services: Services, args: argparse.Namespace, report: Report)
         )
         print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         rates: dict[str, list[float]] = {python: [] for python in pythons(args)}
+        cpus: list[float | None] = []  # this project's client CPU µs/exec, run by run
         profile_top: list[dict[str, Any]] = []
         with_ceiling = not args.compare and args.ceiling and backend in CEILINGS
         ceilings: list[tuple[dict[str, Any], dict[str, Any]]] = []
@@ -232,6 +234,8 @@ def scenario_drain(services: Services, args: argparse.Namespace, report: Report)
                     result = drain_once(services, args, backend, python, args.n, **extra)
                     check_correct(report, f"drain {backend} {label_of(python)}", python, result)
                     rates[python].append(result["rate"] or 0.0)
+                    if python == OURS:
+                        cpus.append(result.get("client_cpu_us"))
                     report.record("drain", backend, flavour_of(python), result)
                     profile_top = result.get("profile_top") or profile_top
                     print(
@@ -245,7 +249,7 @@ def scenario_drain(services: Services, args: argparse.Namespace, report: Report)
                 ceilings.append(ceiling_runs(services, args, backend, report))
         summarize(rates, "executions/s")
         if with_ceiling:
-            print_ceiling(backend, ceilings, rates[OURS])
+            print_ceiling(backend, ceilings, rates[OURS], cpus)
         print_profile_top(profile_top)
 
 
@@ -310,28 +314,34 @@ def ceiling_runs(
 
 
 def print_ceiling(
-    backend: str, runs: list[tuple[dict[str, Any], dict[str, Any]]], ours: list[float]
+    backend: str,
+    runs: list[tuple[dict[str, Any], dict[str, Any]]],
+    ours: list[float],
+    ours_cpu: Sequence[float | None] = (),
 ) -> None:
     """The plain driver's rate for the same work, our fraction of it, and between the two
     the rate of our repository without the scheduler. Each run of the ceiling and of the
     repository alone followed a drain of ours, so besides the medians each drain is set
-    against the ceiling run beside it (per-run fractions, and their median)."""
+    against the ceiling run beside it (per-run fractions, and their median). Where the
+    ceiling runs in its own process (SQLite), each drain's CPU time per execution is also
+    set against the ceiling run's (``ours_cpu``, run by run): the process's CPU time does
+    not count the time it waited for a core, which the clock does."""
     print(
         f"\nceiling — {backend}: the same claims and commits with the plain driver, and "
         "through this project's repository alone (no scheduler)\n"
     )
     print(
-        "| run | ceiling executions/s | requests/exec | repository alone executions/s |"
-        " repository calls/exec | client CPU µs/exec |"
+        "| run | ceiling executions/s | ceiling client CPU µs/exec | requests/exec |"
+        " repository alone executions/s | repository calls/exec | client CPU µs/exec |"
     )
-    print("|---|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     rates: list[float] = []
     alone: list[float] = []
     for rep, (result, bare) in enumerate(runs):
         rates.append(result["rate"] or 0.0)
         alone.append(bare["rate"] or 0.0)
         print(
-            f"| {rep + 1} | {fmt(result['rate'])} | "
+            f"| {rep + 1} | {fmt(result['rate'])} | {fmt(result.get('client_cpu_us'), 1)} | "
             f"{fmt(result['requests_per_execution'], 4)} | {fmt(bare['rate'])} | "
             f"{fmt(bare['requests_per_execution'], 4)} | {fmt(bare['client_cpu_us'], 1)} |",
             flush=True,
@@ -358,6 +368,20 @@ def print_ceiling(
                 "each drain against the ceiling run beside it: "
                 + ", ".join(f"{f * 100:.0f}%" for f in fractions)
                 + f"; median {statistics.median(fractions) * 100:.0f}%",
+                flush=True,
+            )
+    if backend in IN_PROCESS_CEILINGS:
+        by_cpu = [
+            theirs / mine
+            for mine, (result, _bare) in zip(ours_cpu, runs, strict=False)
+            if mine and (theirs := result.get("client_cpu_us"))
+        ]
+        if by_cpu:
+            print(
+                "by CPU time, each drain against the ceiling run beside it (the ceiling's CPU "
+                "µs per execution over ours): "
+                + ", ".join(f"{f * 100:.0f}%" for f in by_cpu)
+                + f"; median {statistics.median(by_cpu) * 100:.0f}%",
                 flush=True,
             )
 

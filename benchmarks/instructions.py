@@ -10,14 +10,17 @@ instances on a fresh store:
   growth of (drain - set-up) from the small size to the large one, so start-up, the
   registration of the rows and the final idle poll cancel out;
 * for backends with a plain-driver ceiling run in this process (SQLite, whose "server"
-  is a library), ``ceiling.py`` on a store the set-up filled, and its growth likewise.
+  is a library), ``ceiling.py`` on a store the set-up filled, and its growth likewise;
+  and this project's repository alone (``worker.py``'s ``repository_drain``: the same
+  claims and commits, no scheduler) on another such store.
 
-It prints both and their ratio, the ceiling's share of this project's instructions: on
-a CPU-bound machine, the fraction of the ceiling's rate the drain reaches. Instructions
+It prints them and the ceiling's share of the drain's instructions (on a CPU-bound
+machine, the fraction of the ceiling's rate the drain reaches) and of the repository
+alone's. Instructions
 of every thread of the process count (aiosqlite's included); a client-server backend's
 server runs in another process and is not counted, so there only ``--backend null`` and
 this project's own side are meaningful. Valgrind slows Python about fifty times: the
-defaults take two to three minutes per backend.
+defaults take three to four minutes for SQLite.
 """
 
 from __future__ import annotations
@@ -32,11 +35,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchmarks.services import Services
+from benchmarks.services import IN_PROCESS_CEILINGS, Services
 
 HERE = Path(__file__).resolve().parent
-IN_PROCESS_CEILINGS = ("sqlite",)
-"""Backends whose plain-driver ceiling runs all its work in the counted process."""
 _COLLECTED = re.compile(r"Collected : (\d+)")
 
 
@@ -82,6 +83,7 @@ def per_execution(services: Services, backend: str, small: int, large: int) -> d
     process, of the plain driver's."""
     ours: list[int] = []
     ceiling: list[int] = []
+    alone: list[int] = []
     for n in (small, large):
         with services.store(backend) as options:
             drain = counted(HERE / "worker.py", config_for(backend, options, n, "drain"))
@@ -94,9 +96,17 @@ def per_execution(services: Services, backend: str, small: int, large: int) -> d
                     HERE / "worker.py", config_for(backend, options, n, "setup"), valgrind=False
                 )
                 ceiling.append(counted(HERE / "ceiling.py", config_for(backend, options, n, "")))
+            with services.store(backend) as options:
+                counted(
+                    HERE / "worker.py", config_for(backend, options, n, "setup"), valgrind=False
+                )
+                alone.append(
+                    counted(HERE / "worker.py", config_for(backend, options, n, "repository_drain"))
+                )
     result = {"ours": (ours[1] - ours[0]) / (large - small)}
     if ceiling:
         result["ceiling"] = (ceiling[1] - ceiling[0]) / (large - small)
+        result["alone"] = (alone[1] - alone[0]) / (large - small)
     return result
 
 
@@ -116,6 +126,8 @@ def main() -> None:
                 line += (
                     f"; plain driver {figures['ceiling']:,.0f}: "
                     f"{share * 100:.1f}% of the ceiling (target >= 50%)"
+                    f"; repository alone {figures['alone']:,.0f}: "
+                    f"{figures['ceiling'] / figures['alone'] * 100:.1f}% of the ceiling"
                 )
             print(line, flush=True)
     finally:

@@ -30,6 +30,10 @@ alone, see ``null_repository`` in worker.py; this project only) only when named.
 SHARED = ("sqlite", "postgres", "mysql", "redis", "redis_cluster", "dynamodb", "dynamodb_local")
 DYNAMODB = ("dynamodb", "dynamodb_local")
 """Backends whose store several processes can share (scale-out)."""
+IN_PROCESS_CEILINGS = ("sqlite",)
+"""Backends whose plain-driver ceiling (ceiling.py) does all its work in its own process
+(SQLite's "server" is a library): its instructions and CPU time per execution compare
+with a drain's."""
 NO_PYNCETTE11 = ("redis_cluster", "null")
 """Backends Pyncette 1.1.0 cannot use (no Redis Cluster client; ``null`` is this project's
 own repository): no ``--compare``."""

@@ -296,7 +296,7 @@ async def drain(config: dict[str, Any]) -> dict[str, Any]:
     app = make_app(config)
     seen: list[str] = []
     stamps: list[float] = []
-    dues: list[float] = []
+    dues: list[datetime.datetime] = []  # converted once the run is over
     idle_exit = config.get("idle_exit")
     holder: dict[str, Any] = {}
     window = Window(config)
@@ -308,7 +308,7 @@ async def drain(config: dict[str, Any]) -> dict[str, Any]:
             await asyncio.sleep(job_sleep)
         stamps.append(time.time())
         seen.append(context.task.name)
-        dues.append(context.scheduled_at.timestamp())
+        dues.append(context.scheduled_at)
         if idle_exit is None and len(seen) >= n:
             holder["ctx"].shutdown()
 
@@ -355,7 +355,10 @@ async def drain(config: dict[str, Any]) -> dict[str, Any]:
         **window.report(len(seen)),
     )
     if config.get("out"):
-        result["_log"] = [list(row) for row in zip(seen, dues, stamps, strict=True)]
+        result["_log"] = [
+            [name, due.timestamp(), stamp]
+            for name, due, stamp in zip(seen, dues, stamps, strict=True)
+        ]
         result["_names"] = seen
     return result
 

@@ -106,6 +106,10 @@ def test_each_ceiling_run_follows_the_drain_it_is_set_against(tmp_path: Path) ->
     assert order == one * 2
     assert all(row["executions"] == 300 for row in rows)
     assert "each drain against the ceiling run beside it: " in completed.stdout
+    # SQLite's ceiling runs in its own process: its CPU time per execution is reported,
+    # and each drain's is set against it
+    assert all(row["client_cpu_us"] > 0 for row in rows)
+    assert "by CPU time, each drain against the ceiling run beside it" in completed.stdout
 
 
 @pytest.mark.parametrize("kind", ["memory", "sqlite"])
@@ -202,8 +206,9 @@ def test_calls_per_execution_counts_the_extra_executions() -> None:
 def test_instructions_subtract_setup_and_divide_by_the_growth(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """``benchmarks.instructions``: (drain - set-up) and the ceiling each grow by their
-    cost per execution between the two sizes; start-up and set-up cancel out."""
+    """``benchmarks.instructions``: (drain - set-up), the ceiling and the repository
+    alone each grow by their cost per execution between the two sizes; start-up and
+    set-up cancel out."""
     from benchmarks import instructions
 
     def fake(script: Path, config: dict[str, Any], *, valgrind: bool = True) -> int:
@@ -212,6 +217,8 @@ def test_instructions_subtract_setup_and_divide_by_the_growth(
             return 1_000_000 + 60 * n
         if config["scenario"] == "setup":
             return 5_000_000 + 300 * n if valgrind else 0
+        if config["scenario"] == "repository_drain":
+            return 3_000_000 + 90 * n  # start-up and the drain, on a store set up apart
         return 5_000_000 + 300 * n + 2_000_000 + 150 * n  # set-up, start-up, the drain
 
     monkeypatch.setattr(instructions, "counted", fake)
@@ -220,6 +227,7 @@ def test_instructions_subtract_setup_and_divide_by_the_growth(
         assert instructions.per_execution(services, "sqlite", 100, 300) == {
             "ours": 150.0,
             "ceiling": 60.0,
+            "alone": 90.0,
         }
         assert "ceiling" not in instructions.per_execution(services, "null", 100, 300)
     finally:
