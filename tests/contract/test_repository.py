@@ -61,6 +61,21 @@ async def test_claim_takes_due_rows_soonest_first_up_to_limit(repo: Repository) 
     assert (await repo.claim("g", now=T0, limit=10, lease=B)).records == []
 
 
+async def test_a_claimed_batch_comes_in_scheduled_order(
+    repo: Repository, backend: BackendConfig
+) -> None:
+    """Runs of a batch start in the order the claim returns them: soonest first. Rows
+    due at the same time come by name on the stores (whatever order they were
+    registered in), and as they were registered in memory."""
+    times = {"e": T0 - S, "d": T0 - 3 * S, "c": T0 - S, "b": T0 - 2 * S, "a": T0 - S}
+    registrations = [reg(name, at) for name, at in times.items()]
+    await repo.register("g", registrations, now=T0, force=False)
+    result = await repo.claim("g", now=T0, limit=10, lease=A)
+    names = [r.name for r in result.records]
+    assert names[:2] == ["d", "b"]
+    assert names[2:] == (["e", "c", "a"] if backend.name == "memory" else ["a", "c", "e"])
+
+
 async def test_claim_uses_each_rows_lease_duration(repo: Repository) -> None:
     await repo.register(
         "g", [reg("short", T0, lease=5 * S), reg("long", T0, lease=LEASE)], now=T0, force=False
