@@ -112,6 +112,19 @@ def test_each_ceiling_run_follows_the_drain_it_is_set_against(tmp_path: Path) ->
     assert "by CPU time, each drain against the ceiling run beside it" in completed.stdout
 
 
+def test_interleaved_sets_each_drain_against_the_plain_runs_beside_it() -> None:
+    """``benchmarks.interleaved`` drains every store (it exits non-zero otherwise) and
+    reports one fraction per segment and their median."""
+    completed = run_module("benchmarks.interleaved", "-n", "150", "--segments", "2")
+    assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-2000:]
+    segments = [line for line in completed.stdout.splitlines() if line[:3] in ("| 1", "| 2")]
+    assert len(segments) == 2
+    for line in segments:
+        mine, theirs = (float(cell.replace(",", "")) for cell in line.split("|")[2:4])
+        assert mine > 0 and theirs > 0
+    assert "median fraction of the ceiling: " in completed.stdout
+
+
 @pytest.mark.parametrize("kind", ["memory", "sqlite"])
 def test_steady_keeps_up(kind: str, tmp_path: Path) -> None:
     result = run_worker(
