@@ -63,14 +63,16 @@ def counted(script: Path, config: dict[str, Any], *, valgrind: bool = True) -> i
     return int(found.group(1)) if valgrind and found is not None else 0
 
 
-def config_for(backend: str, options: dict[str, Any], n: int, scenario: str) -> dict[str, Any]:
+def config_for(
+    backend: str, options: dict[str, Any], n: int, scenario: str, *, batch_size: int = 100
+) -> dict[str, Any]:
     return {
         "scenario": scenario,
         "backend": backend,
         "options": options,
         "n": n,
-        "batch_size": 100,
-        "concurrency_limit": 100,
+        "batch_size": batch_size,
+        "concurrency_limit": batch_size,
         "poll_interval": 1.0,
         "api": "bulk",
         "count": False,
@@ -78,9 +80,18 @@ def config_for(backend: str, options: dict[str, Any], n: int, scenario: str) -> 
     }
 
 
+def counted_after_setup(
+    services: Services, backend: str, n: int, script: str, scenario: str = ""
+) -> int:
+    """Instructions of ``script`` run on a fresh store that the (uncounted) set-up filled."""
+    with services.store(backend) as options:
+        counted(HERE / "worker.py", config_for(backend, options, n, "setup"), valgrind=False)
+        return counted(HERE / script, config_for(backend, options, n, scenario))
+
+
 def per_execution(services: Services, backend: str, small: int, large: int) -> dict[str, float]:
     """Instructions per execution of this project's drain and, where it runs in this
-    process, of the plain driver's."""
+    process, of the plain driver's and of this project's repository alone."""
     ours: list[int] = []
     ceiling: list[int] = []
     alone: list[int] = []
@@ -91,18 +102,8 @@ def per_execution(services: Services, backend: str, small: int, large: int) -> d
             setup = counted(HERE / "worker.py", config_for(backend, options, n, "setup"))
         ours.append(drain - setup)
         if backend in IN_PROCESS_CEILINGS:
-            with services.store(backend) as options:
-                counted(
-                    HERE / "worker.py", config_for(backend, options, n, "setup"), valgrind=False
-                )
-                ceiling.append(counted(HERE / "ceiling.py", config_for(backend, options, n, "")))
-            with services.store(backend) as options:
-                counted(
-                    HERE / "worker.py", config_for(backend, options, n, "setup"), valgrind=False
-                )
-                alone.append(
-                    counted(HERE / "worker.py", config_for(backend, options, n, "repository_drain"))
-                )
+            ceiling.append(counted_after_setup(services, backend, n, "ceiling.py"))
+            alone.append(counted_after_setup(services, backend, n, "worker.py", "repository_drain"))
     result = {"ours": (ours[1] - ours[0]) / (large - small)}
     if ceiling:
         result["ceiling"] = (ceiling[1] - ceiling[0]) / (large - small)

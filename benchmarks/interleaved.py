@@ -29,25 +29,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from benchmarks.instructions import config_for
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # worker.py and ceiling.py are scripts beside this one
 
 import ceiling  # noqa: E402
 import worker  # noqa: E402
-
-
-def store_config(path: Path, n: int, batch_size: int) -> dict[str, Any]:
-    return {
-        "backend": "sqlite",
-        "options": {"sqlite_database": str(path)},
-        "n": n,
-        "batch_size": batch_size,
-        "concurrency_limit": batch_size,
-        "poll_interval": 1.0,
-        "api": "bulk",
-        "count": False,
-        "server_cpu": False,
-    }
 
 
 def ours(config: dict[str, Any]) -> float:
@@ -79,7 +67,13 @@ def settle() -> None:
 def run(n: int, segments: int, batch_size: int, directory: Path) -> list[tuple[float, float]]:
     """(ours, mean of the plain driver's runs on either side) for each segment."""
     configs = [
-        store_config(directory / f"store-{index}.sqlite", n, batch_size)
+        config_for(
+            "sqlite",
+            {"sqlite_database": str(directory / f"store-{index}.sqlite")},
+            n,
+            "",
+            batch_size=batch_size,
+        )
         for index in range(2 * segments + 1)
     ]
     for config in configs:
